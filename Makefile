@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (set up, ask the shipped model a question) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Modules that must run on the device's Python 3.8 (JetPack 5).
+DEVICE_SIDE := elma/__init__.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
+               elma/data/squad.py elma/data/features.py elma/metrics elma/runtime
+
+.PHONY: setup demo test lint slow clean
+
+$(BIN)/elma: setup.cfg pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/elma
+
+demo: setup
+	$(BIN)/elma demo
+
+lint: setup
+	$(BIN)/ruff check elma tests benchmarks
+	$(BIN)/vermin --target=3.8- --violations --no-tips --quiet $(DEVICE_SIDE)
+
+test: setup lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,192 @@
+"""The ``elma`` command: train, prepare-data, predict, evaluate, demo.
+
+Library code logs and returns; only this module prints. Every ``ElmaError`` or
+bad argument ends as one line on stderr and a non-zero exit, never a traceback.
+Heavy modules (torch, transformers) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from elma.errors import ElmaError
+
+logger = logging.getLogger("elma")
+
+DEMO_CONTEXT = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, "
+    "a region in France. They were descended from Norse raiders and pirates from Denmark, Iceland "
+    "and Norway who, under their leader Rollo, agreed to swear fealty to King Charles III of West Francia."
+)
+DEMO_QUESTION = "Who was the leader of the Norse raiders?"
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a multi-exit QA model")
+    p.add_argument("model", help="pretrained HF encoder folder, ELMA model folder, or encoder config.json")
+    p.add_argument("--train-file", nargs="+", required=True, help="SQuAD 1.1/2.0 JSON file(s)")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--eval-file", help="held-out SQuAD file: per-exit scores and null-threshold calibration")
+    p.add_argument("--tokenizer", help="tokenizer.json, spiece.model or folder (default: the model's)")
+    p.add_argument("--resume", action="store_true", help="continue from output-dir/checkpoint.pt")
+    p.add_argument("--two-stage", action="store_true", help="freeze encoder and last head, train earlier heads")
+    p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    for name, typ in [("max-seq-length", int), ("doc-stride", int), ("max-query-length", int), ("batch-size", int),
+                      ("learning-rate", float), ("weight-decay", float), ("warmup-ratio", float), ("epochs", float),
+                      ("max-steps", int), ("max-grad-norm", float), ("distill-rate", float), ("temperature", float),
+                      ("seed", int), ("save-every", int), ("log-every", int), ("max-examples", int),
+                      ("eval-batch-size", int), ("threads", int)]:
+        p.add_argument(f"--{name}", type=typ)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from elma.train.trainer import TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    values["train_files"] = tuple(args.train_file)
+    try:
+        config = TrainConfig(**values)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    result = train(config, resume=args.resume)
+    print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "wall_s": round(result.wall_s, 1),
+                      "tokens_per_s": round(result.tokens_per_s, 1), "output_dir": config.output_dir,
+                      "eval": result.eval}, indent=2))
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare-data", help="train/held-out split by article, with synthetic unanswerable twins")
+    p.add_argument("files", nargs="+", help="SQuAD files; an article found twice is taken from the first")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--holdout-from", help="file whose articles may be held out (default: the first)")
+    p.add_argument("--holdout-articles", type=int, default=0)
+    p.add_argument("--negative-rate", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=13)
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> int:
+    from elma.data.prepare import prepare
+
+    try:
+        stats = prepare([Path(f) for f in args.files], Path(args.output_dir),
+                        Path(args.holdout_from) if args.holdout_from else None,
+                        args.holdout_articles, args.negative_rate, args.seed)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    print(json.dumps(stats.__dict__, indent=2))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="official-format predictions of a model on a SQuAD file")
+    p.add_argument("model", nargs="?", help="ELMA model folder (default: the shipped reference model)")
+    p.add_argument("data", help="SQuAD JSON file")
+    p.add_argument("-o", "--output", required=True, help="predictions JSON {id: answer}")
+    p.add_argument("--na-probs-out", help="no-answer probabilities JSON {id: p}")
+    p.add_argument("--exit-layer", type=int, help="answer from this exit (1-based; default: the last)")
+    p.add_argument("--all-exits-out", help="per-exit official scores JSON (needs gold answers in DATA)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from elma.data.squad import load_squad
+    from elma.fsutil import write_json
+    from elma.model.loading import load_model
+    from elma.predict import predict_all_exits, score_exits
+
+    examples = load_squad(Path(args.data), check_offsets=False)
+    model, tokenizer = load_model(args.model)
+    layer = args.exit_layer or model.num_exits
+    if not 1 <= layer <= model.num_exits:
+        raise ElmaError(f"--exit-layer must be in 1..{model.num_exits} (got {layer})")
+    results = predict_all_exits(model, tokenizer, examples, batch_size=args.batch_size, progress=True)
+    chosen = results[layer - 1]
+    write_json(Path(args.output), chosen.predictions(examples))
+    if args.na_probs_out:
+        write_json(Path(args.na_probs_out), chosen.na_probs(examples))
+    if args.all_exits_out:
+        write_json(Path(args.all_exits_out), {"data": args.data, "exits": score_exits(results, examples)})
+    print(f"wrote {len(examples)} predictions of exit {layer} to {args.output}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="official SQuAD 2.0 metric")
+    p.add_argument("data", help="SQuAD JSON file with gold answers")
+    p.add_argument("predictions", help="predictions JSON {id: answer}")
+    p.add_argument("--na-probs", help="no-answer probabilities JSON {id: p}")
+    p.add_argument("--na-prob-thresh", type=float, default=1.0)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from elma.metrics.squad_v2 import evaluate_files
+
+    scores = evaluate_files(args.data, args.predictions, args.na_probs, args.na_prob_thresh)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="ask a model one question and show the answer of every exit")
+    p.add_argument("--model", help="ELMA model folder (default: the shipped reference model)")
+    p.add_argument("--question", default=DEMO_QUESTION)
+    p.add_argument("--context", default=DEMO_CONTEXT)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from elma.data.squad import Example
+    from elma.model.loading import load_model
+    from elma.predict import predict_all_exits
+
+    if not args.question.strip() or not args.context.strip():
+        raise ElmaError("--question and --context must not be empty")
+    model, tokenizer = load_model(args.model)
+    ex = Example("demo", "", args.question, args.context, (), False)
+    print(f"Q: {args.question}")
+    for res in predict_all_exits(model, tokenizer, [ex]):
+        a = res.answers[0]
+        shown = a.prediction or "(no answer)"
+        print(f"exit {res.exit_layer}: {shown!s:40}  span score {a.span_score:6.2f}  null diff {a.null_score_diff:6.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ElmaError as err:
+        print(f"elma {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"elma {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""``elma prepare-data``: one training file and one held-out file from several SQuAD files.
+
+Articles are the unit of every split (questions of one article never sit on
+both sides). An article that occurs in several files (the same title) is taken
+from the first file only. Both sides get synthetic unanswerable twins
+(``elma.data.negatives``) at the same rate, on top of any real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from elma.data.negatives import make_negatives, to_squad_json
+from elma.data.squad import Example, group_by_article, load_squad
+from elma.errors import DataError
+from elma.fsutil import write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    train_questions: int
+    train_unanswerable: int
+    heldout_questions: int
+    heldout_unanswerable: int
+    heldout_titles: List[str]
+
+
+def prepare(train_files: Sequence[Path], out_dir: Path, holdout_from: Optional[Path] = None,
+            holdout_articles: int = 0, negative_rate: float = 0.5, seed: int = 13) -> SplitStats:
+    """Write ``out_dir/train.json`` and ``out_dir/heldout.json``.
+
+    Args:
+        train_files: SQuAD files, first file wins for a title found twice.
+        holdout_from: the file whose articles may be held out (default: the first train file).
+        holdout_articles: how many of its articles, drawn with ``seed``, go to the held-out side.
+        negative_rate: share of answerable questions that get an unanswerable twin.
+    """
+    if not 0 <= negative_rate <= 1:
+        raise ValueError(f"negative_rate must be in [0, 1] (got {negative_rate})")
+    articles = {}
+    source_of = {}
+    for path in train_files:
+        for title, exs in group_by_article(load_squad(Path(path))).items():
+            if title not in articles:
+                articles[title] = exs
+                source_of[title] = Path(path)
+    source = Path(holdout_from or train_files[0])
+    pool = sorted(t for t, src in source_of.items() if src == source)
+    if holdout_articles > len(pool):
+        raise DataError(f"{source}: has {len(pool)} articles, cannot hold out {holdout_articles}")
+    held = set(random.Random(seed).sample(pool, holdout_articles))
+    train: List[Example] = [ex for t, exs in articles.items() if t not in held for ex in exs]
+    heldout: List[Example] = [ex for t, exs in articles.items() if t in held for ex in exs]
+    train += make_negatives(train, negative_rate, seed)
+    heldout += make_negatives(heldout, negative_rate, seed + 1)
+    out_dir = Path(out_dir)
+    write_json(out_dir / "train.json", to_squad_json(train))
+    if heldout:
+        write_json(out_dir / "heldout.json", to_squad_json(heldout))
+    stats = SplitStats(len(train), sum(e.is_impossible for e in train), len(heldout),
+                       sum(e.is_impossible for e in heldout), sorted(held))
+    write_json(out_dir / "split.json", stats.__dict__)
+    return stats

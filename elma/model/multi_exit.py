@@ -1,0 +1,158 @@
+"""A Hugging Face encoder with one extractive-QA exit head after every layer.
+
+``MultiExitQA`` composes (never forks) a ``transformers`` encoder: ALBERT with
+its one shared layer group, BERT, MiniLM, ... A forward pass returns the
+start/end logits of every exit; the model holds no inference policy and no
+counters (those live in the runtime).
+
+On disk a model is a folder: ``config.json`` (the encoder's own config plus an
+``elma`` block), ``model.safetensors`` and the tokenizer (``tokenizer.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from elma.errors import ModelLoadError
+from elma.fsutil import atomic_write
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+MASK_FILL = -1e4  # fp16-safe stand-in for -inf on padded positions
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """What ELMA adds to the encoder config (stored under the ``elma`` key of config.json)."""
+
+    num_exits: int  # one exit per encoder layer
+    # Per exit: predict no answer when null_score - best_span_score exceeds it (HF's
+    # null_score_diff_threshold); calibrated on held-out training data. Empty means all 0.
+    null_thresholds: Tuple[float, ...] = ()
+    max_seq_length: int = 384  # window geometry the model was trained with
+    doc_stride: int = 128
+    max_query_length: int = 64
+
+
+class MultiExitQA(nn.Module):
+    """Encoder + one ``Linear(hidden, 2)`` QA head per layer.
+
+    Args:
+        encoder_config: a ``transformers`` config (``AlbertConfig``, ``BertConfig``, ...).
+        exit_config: ELMA's settings; defaults to one exit per layer.
+        encoder: an already built (e.g. pretrained) encoder; built from config if None.
+    """
+
+    def __init__(self, encoder_config: PretrainedConfig, exit_config: Optional[ExitConfig] = None,
+                 encoder: Optional[nn.Module] = None):
+        super().__init__()
+        n_layers = encoder_config.num_hidden_layers
+        self.exit_config = exit_config or ExitConfig(num_exits=n_layers)
+        if self.exit_config.null_thresholds and len(self.exit_config.null_thresholds) != n_layers:
+            raise ValueError(f"null_thresholds needs one value per exit ({n_layers})")
+        if self.exit_config.num_exits != n_layers:
+            raise ValueError(f"num_exits must equal num_hidden_layers ({n_layers}), got {self.exit_config.num_exits}")
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        self.config = self.encoder.config
+        self.exits = nn.ModuleList(nn.Linear(self.config.hidden_size, 2) for _ in range(n_layers))
+        for head in self.exits:
+            nn.init.normal_(head.weight, std=self.config.initializer_range)
+            nn.init.zeros_(head.bias)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Logits of every exit.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (B, T) integer tensors.
+
+        Returns:
+            start_logits, end_logits: (L, B, T) float tensors, padded positions set to ``MASK_FILL``.
+        """
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[1:]  # L tensors of (B, T, H); [0] is the embedding output
+        assert len(hidden) == self.num_exits, f"encoder gave {len(hidden)} layers, expected {self.num_exits}"
+        logits = torch.stack([head(h) for head, h in zip(self.exits, hidden)])  # (L, B, T, 2)
+        pad = attention_mask.eq(0).unsqueeze(0)  # (1, B, T)
+        start = logits[..., 0].masked_fill(pad, MASK_FILL)
+        end = logits[..., 1].masked_fill(pad, MASK_FILL)
+        return start, end
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(cls, path: os.PathLike, exit_config_kwargs: Optional[dict] = None) -> "MultiExitQA":
+        """New exit heads on top of a pretrained Hugging Face encoder folder (config.json + weights)."""
+        try:
+            encoder = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{path}: cannot load a pretrained encoder: {err}") from err
+        exit_config = ExitConfig(num_exits=encoder.config.num_hidden_layers, **(exit_config_kwargs or {}))
+        return cls(encoder.config, exit_config, encoder=encoder)
+
+    @classmethod
+    def from_pretrained(cls, path: os.PathLike, dtype: torch.dtype = torch.float32) -> "MultiExitQA":
+        """Load a folder written by ``save_pretrained``."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config_dict = read_model_config(path)
+        elma = config_dict.pop("elma")
+        encoder_config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+        elma["null_thresholds"] = tuple(elma.get("null_thresholds", ()))
+        model = cls(encoder_config, ExitConfig(**elma))
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise ModelLoadError(f"{weights}: missing; a model folder needs {WEIGHTS_NAME}")
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ModelLoadError(f"{weights}: does not match {CONFIG_NAME}: {str(err).splitlines()[-1].strip()}") from err
+        if missing or unexpected:
+            raise ModelLoadError(f"{weights}: does not match {CONFIG_NAME} "
+                                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        return model.to(dtype).eval()
+
+    def save_pretrained(self, path: os.PathLike, dtype: torch.dtype = torch.float32,
+                        exit_config: Optional[ExitConfig] = None) -> None:
+        """Write config.json and model.safetensors atomically (temporary files, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config["elma"] = asdict(exit_config or self.exit_config)
+        # ALBERT shares one layer's tensors across slots; safetensors refuses shared storage, so clone.
+        state = {k: v.detach().to(dtype).contiguous().clone() for k, v in self.state_dict().items()}
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(path / CONFIG_NAME,
+                     lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+
+
+def read_model_config(path: Path) -> dict:
+    cfg = Path(path) / CONFIG_NAME
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{cfg}: missing; is {path} an ELMA model folder?") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{cfg}: not valid JSON: {err}") from err
+    if not isinstance(config, dict) or "elma" not in config or "model_type" not in config:
+        raise ModelLoadError(f"{cfg}: not an ELMA model config (needs 'model_type' and 'elma'); "
+                             f"train one with `elma train`")
+    return config

@@ -1,0 +1,1 @@
+"""Fine-tuning of multi-exit QA models (needs torch and transformers: ``pip install elma[train]``)."""

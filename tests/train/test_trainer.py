@@ -1,0 +1,80 @@
+"""`elma train`: it learns, it checkpoints atomically, and a killed run resumes to the same end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from elma.errors import ElmaError  # noqa: E402
+from elma.model.multi_exit import MultiExitQA  # noqa: E402
+from elma.train.trainer import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_BERT = ROOT / "tests" / "fixtures" / "tiny-bert.json"
+
+
+@pytest.fixture
+def config(tmp_path, tiny_squad, wordpiece_tokenizer):
+    tok = tmp_path / "tokenizer.json"
+    wordpiece_tokenizer.save(str(tok))
+    return TrainConfig(model=str(TINY_BERT), tokenizer=str(tok), train_files=(str(tiny_squad),),
+                       output_dir=str(tmp_path / "run"), max_seq_length=48, doc_stride=8, max_query_length=12,
+                       batch_size=4, learning_rate=3e-3, warmup_ratio=0.1, max_steps=60, save_every=2, log_every=10,
+                       seed=0, threads=1)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(config, tiny_squad):
+    config = replace(config, eval_file=str(tiny_squad))
+    result = train(config)
+    assert result.steps == 60
+    assert sum(result.losses[-10:]) / 10 < 0.6 * sum(result.losses[:10]) / 10
+    out = Path(config.output_dir)
+    model = MultiExitQA.from_pretrained(out)
+    assert len(model.exit_config.null_thresholds) == model.num_exits, "calibrated thresholds are stored"
+    evals = json.loads((out / "eval_results.json").read_text())["exits"]
+    assert [e["exit_layer"] for e in evals] == [1, 2, 3]
+    assert all(e["total"] == 24 and 0 <= e["f1"] <= 100 for e in evals)
+    assert not list(out.glob(".*")), "no temporary file is left behind"
+
+
+def test_existing_checkpoint_needs_resume(config):
+    train(replace(config, max_steps=2))
+    with pytest.raises(ElmaError, match="--resume"):
+        train(replace(config, max_steps=2))
+    with pytest.raises(ElmaError, match="other settings"):
+        train(replace(config, max_steps=3), resume=True)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_end(config, tmp_path):
+    reference = train(replace(config, output_dir=str(tmp_path / "ref")))
+    run_dir = Path(config.output_dir)
+    cmd = [sys.executable, "-m", "elma.cli", "train", config.model, "--tokenizer", config.tokenizer,
+           "--train-file", *config.train_files, "-o", str(run_dir)]
+    for field in ("max_seq_length", "doc_stride", "max_query_length", "batch_size", "learning_rate", "warmup_ratio",
+                  "max_steps", "save_every", "log_every", "seed", "threads"):
+        cmd += [f"--{field.replace('_', '-')}", str(getattr(config, field))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT_NAME).exists():
+        assert proc.poll() is None, "the training process ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run_dir / CHECKPOINT_NAME, weights_only=False)["step"]
+    assert 0 < killed_at < config.max_steps, "the kill landed mid-run"
+
+    resumed = train(config, resume=True)
+    assert resumed.first_step == killed_at and resumed.steps == reference.steps
+    assert resumed.losses == pytest.approx(reference.losses[killed_at:], abs=1e-4)
+    a = MultiExitQA.from_pretrained(run_dir).state_dict()
+    b = MultiExitQA.from_pretrained(tmp_path / "ref").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
