@@ -8,6 +8,8 @@ once, at training or export time, which needs transformers and sentencepiece.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from elma.errors import ModelLoadError
@@ -38,65 +40,25 @@ def load_tokenizer(path: "str | Path"):
 
 
 def _from_sentencepiece(path: Path):
-    """Convert an ALBERT SentencePiece model into a fast tokenizer (lower-casing, [CLS]/[SEP] template)."""
+    """Convert an ALBERT SentencePiece model into a fast tokenizer (lower-casing, [CLS]/[SEP] template).
+
+    ``from_pretrained`` on a folder holding only ``spiece.model`` runs transformers' own converter
+    (normaliser charsmap included); transformers 5 ignores a bare ``vocab_file`` argument and would
+    build a 5-token vocabulary, hence the folder.
+    """
     try:
         import sentencepiece
-        import transformers
         from transformers import AlbertTokenizerFast
     except ImportError as err:
         raise ModelLoadError(f"{path}: converting a SentencePiece model needs transformers and sentencepiece "
                              f"(pip install 'elma[train]')") from err
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        # transformers 5 ignores ``vocab_file`` here and silently builds a 5-token vocabulary (every word <unk>):
-        # hand it the pieces and the normaliser's charsmap instead (read without protobuf).
-        vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-        tok = AlbertTokenizerFast(vocab=vocab, _spm_precompiled_charsmap=_precompiled_charsmap(path))
-    else:
-        tok = AlbertTokenizerFast(vocab_file=str(path))
-    backend = tok.backend_tokenizer
-    if backend.get_vocab_size() != sp.get_piece_size():
-        raise ModelLoadError(f"{path}: conversion gave {backend.get_vocab_size()} tokens, the model has "
-                             f"{sp.get_piece_size()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(path, Path(tmp) / "spiece.model")
+        backend = AlbertTokenizerFast.from_pretrained(tmp).backend_tokenizer
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    if backend.get_vocab_size() != pieces:
+        raise ModelLoadError(f"{path}: conversion gave {backend.get_vocab_size()} tokens, the model has {pieces}")
     return backend
-
-
-def _precompiled_charsmap(path: Path) -> "bytes | None":
-    """``normalizer_spec.precompiled_charsmap`` (field 3, then 2) of a SentencePiece ModelProto file."""
-
-    def fields(buf: bytes):
-        i = 0
-        while i < len(buf):
-            key, i = varint(buf, i)
-            kind = key & 7
-            if kind == 0:
-                value, i = varint(buf, i)
-            elif kind == 2:
-                size, i = varint(buf, i)
-                value, i = buf[i:i + size], i + size
-            elif kind in (1, 5):
-                size = 8 if kind == 1 else 4
-                value, i = buf[i:i + size], i + size
-            else:
-                raise ModelLoadError(f"{path}: not a SentencePiece model (wire type {kind})")
-            yield key >> 3, value
-
-    def varint(buf: bytes, i: int):
-        value = shift = 0
-        while True:
-            byte = buf[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value, i
-
-    for num, spec in fields(path.read_bytes()):
-        if num == 3:
-            for sub, value in fields(spec):
-                if sub == 2:
-                    return value or None
-    return None
 
 
 def pad_token_id(tokenizer) -> int:

@@ -51,13 +51,6 @@ class Window:
         return len(self.input_ids)
 
 
-def _cut_question(tokenizer, question: str, max_query_length: int) -> str:
-    enc = tokenizer.encode(question, add_special_tokens=False)
-    if len(enc.ids) <= max_query_length:
-        return question
-    return question[: enc.offsets[max_query_length - 1][1]]
-
-
 def build_windows(
     examples: Sequence[Example],
     tokenizer,
@@ -77,18 +70,44 @@ def build_windows(
     Returns:
         Windows in example order; every example yields at least one.
     """
+    truncation, padding = tokenizer.truncation, tokenizer.padding
     tokenizer.no_padding()
     windows: List[Window] = []
-    for lo in range(0, len(examples), batch_size):
-        chunk = examples[lo:lo + batch_size]
-        tokenizer.no_truncation()  # "only_second" truncation fails on a lone question longer than max_seq_length
-        pairs = [(_cut_question(tokenizer, ex.question, config.max_query_length), ex.context) for ex in chunk]
-        tokenizer.enable_truncation(config.max_seq_length, stride=config.doc_stride, strategy="only_second")
-        for i, enc in enumerate(tokenizer.encode_batch(pairs)):
-            ex_index = lo + i
-            for part in [enc] + list(enc.overflowing):
-                windows.append(_window(ex_index, part, examples[ex_index] if with_labels else None))
+    try:
+        for lo in range(0, len(examples), batch_size):
+            chunk = examples[lo:lo + batch_size]
+            tokenizer.no_truncation()  # "only_second" truncation fails on a lone question longer than max_seq_length
+            questions = [ex.question for ex in chunk]
+            cut = [_cut(q, enc, config.max_query_length)
+                   for q, enc in zip(questions, tokenizer.encode_batch(questions, add_special_tokens=False))]
+            tokenizer.enable_truncation(config.max_seq_length, stride=config.doc_stride, strategy="only_second")
+            for i, enc in enumerate(tokenizer.encode_batch([(q, ex.context) for q, ex in zip(cut, chunk)])):
+                ex_index = lo + i
+                for part in [enc] + list(enc.overflowing):
+                    windows.append(_window(ex_index, part, examples[ex_index] if with_labels else None))
+    finally:  # leave the caller's tokenizer as it was
+        _restore(tokenizer, truncation, padding)
     return windows
+
+
+def _cut(question: str, enc, max_query_length: int) -> str:
+    """The question cut after its ``max_query_length``-th token."""
+    if len(enc.ids) <= max_query_length:
+        return question
+    return question[: enc.offsets[max_query_length - 1][1]]
+
+
+def _restore(tokenizer, truncation: Optional[dict], padding: Optional[dict]) -> None:
+    if truncation is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(**truncation)
+    if padding is None:
+        tokenizer.no_padding()
+    else:
+        padding = dict(padding)
+        padding["direction"] = padding.get("direction", "right")
+        tokenizer.enable_padding(**padding)
 
 
 def _window(ex_index: int, enc, example: Optional[Example]) -> Window:

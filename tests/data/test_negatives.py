@@ -50,8 +50,8 @@ def test_drop_removes_the_answer_sentence():
 
 def test_drop_removes_every_sentence_holding_a_gold_answer():
     ctx = "Rollo led the raiders. They settled in Normandy. The duchy grew rich. Its capital was Rouen. It had ports."
-    ex = Example("q", "N", "Where?", ctx, (Answer("Normandy", ctx.index("Normandy")), Answer("Rouen", ctx.index("Rouen"))),
-                 False)
+    answers = (Answer("Normandy", ctx.index("Normandy")), Answer("Rouen", ctx.index("Rouen")))
+    ex = Example("q", "N", "Where?", ctx, answers, False)
     out = drop_answer_sentences(ex)
     assert out == "Rollo led the raiders. The duchy grew rich. It had ports."
     assert not holds_gold(out, ex)
@@ -167,7 +167,8 @@ def test_real_unanswerable_examples_get_no_twin():
 def test_squad_json_round_trip():
     negs = make_negatives(EXAMPLES, rate=1.0, seed=0)
     doc = json.loads(json.dumps(to_squad_json(EXAMPLES + negs)))
-    assert parse_squad(doc, "round-trip") == EXAMPLES + negs
+    by_qid = sorted(EXAMPLES + negs, key=lambda e: e.qid)
+    assert sorted(parse_squad(doc, "round-trip"), key=lambda e: e.qid) == by_qid
 
 
 # --------------------------------------------------------------------------- #
@@ -182,7 +183,7 @@ def write_squad(path: Path, examples) -> Path:
 def two_files(tmp_path):
     """first.json: 4 articles; second.json: a different 'Caen' (duplicate title) and 'Falaise'."""
     first = [e for t in ("Caen", "Bayeux", "Lisieux", "Evreux") for e in article(t)]
-    caen2 = [Example(f"other-{e.qid}", e.title, e.question, e.context.replace("busy", "quiet"), e.answers,
+    caen2 = [Example(f"other-{e.qid}", e.title, e.question, e.context.replace("busy", "calm"), e.answers,
                      e.is_impossible) for e in article("Caen")]
     second = caen2 + article("Falaise")
     return (write_squad(tmp_path / "first.json", first), write_squad(tmp_path / "second.json", second),
@@ -210,7 +211,7 @@ def test_prepare_splits_by_article_and_first_file_wins(tmp_path, two_files):
                                                       [e.qid for e in second if e.title == "Falaise"])
     first_caen = {e.context for e in first if e.title == "Caen"}
     assert {e.context for e in train + held if e.title == "Caen" and "-neg-" not in e.qid} <= first_caen
-    assert not any("quiet" in e.context for e in train + held)
+    assert not any("calm" in e.context for e in train + held)
 
     # the counts reported are the files' contents
     assert (stats.train_questions, stats.train_unanswerable) == (len(train), sum(e.is_impossible for e in train))
