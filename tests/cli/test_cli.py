@@ -78,3 +78,29 @@ def test_bad_input_is_one_line_and_nothing_written(trained, tmp_path, args, mess
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_evaluate_cli_prints_the_official_numbers(tmp_path):
+    # q1 gold "Denver Broncos" / pred "Broncos": P=1, R=1/2, F1=2/3, exact 0
+    # q2 unanswerable, pred ""        -> exact 1, f1 1
+    # q3 unanswerable, pred "Paris"   -> exact 0, f1 0
+    # q4 gold "1905", pred "1905"     -> exact 1, f1 1
+    # exact = 2/4 = 50; f1 = (2/3 + 1 + 0 + 1)/4 = 66.67
+    # best_f1 walk, na-probs q1 .1, q4 .2, q2 .3, q3 .9; start = #no-answer = 2:
+    #   q1 +2/3 -> 2.67 (best, t=.1) | q4 +1 -> 3.67 (best, t=.2) | q2 +0 | q3 (pred "Paris") -1 -> 2.67
+    #   best_f1 = 100 * 3.667 / 4 = 91.67 at threshold 0.2
+    ctx = "The Denver Broncos won in 1905 in Paris."
+    qas = [("q1", ["Denver Broncos"]), ("q2", []), ("q3", []), ("q4", ["1905"])]
+    data = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": ctx, "qas": [
+        {"id": q, "question": "?", "is_impossible": not a,
+         "answers": [{"text": t, "answer_start": ctx.index(t)} for t in a]} for q, a in qas]}]}]}
+    files = {"data.json": data, "pred.json": {"q1": "Broncos", "q2": "", "q3": "Paris", "q4": "1905"},
+             "na.json": {"q1": 0.1, "q2": 0.3, "q3": 0.9, "q4": 0.2}}
+    for name, obj in files.items():
+        (tmp_path / name).write_text(json.dumps(obj))
+    out = json.loads(elma("evaluate", tmp_path / "data.json", tmp_path / "pred.json", "--na-probs",
+                          tmp_path / "na.json").stdout)
+    assert out["exact"] == pytest.approx(50.0) and out["f1"] == pytest.approx(100 * (8 / 3) / 4)
+    assert out["HasAns_f1"] == pytest.approx(100 * (5 / 3) / 2) and out["NoAns_exact"] == pytest.approx(50.0)
+    assert out["best_f1"] == pytest.approx(100 * (11 / 3) / 4) and out["best_f1_thresh"] == 0.2
+    assert out["total"] == 4

@@ -78,3 +78,17 @@ def test_killed_run_resumes_to_the_uninterrupted_end(config, tmp_path):
     a = MultiExitQA.from_pretrained(run_dir).state_dict()
     b = MultiExitQA.from_pretrained(tmp_path / "ref").state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_two_stage_trains_only_the_earlier_heads(config):
+    first = Path(config.output_dir)
+    train(replace(config, max_steps=3))
+    before = MultiExitQA.from_pretrained(first).state_dict()
+    second = replace(config, model=str(first), tokenizer=None, output_dir=str(first.parent / "stage2"),
+                     two_stage=True, max_steps=5)
+    train(second)
+    after = MultiExitQA.from_pretrained(second.output_dir).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("exits.") for k in changed), "the encoder is frozen"
+    assert not any(k.startswith("exits.2.") for k in changed), "the last head is frozen"
+    assert any(k.startswith("exits.0.") for k in changed)
