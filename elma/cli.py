@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, demo.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -140,6 +140,29 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="re-save a model folder (e.g. as a compact fp16 checkpoint)")
+    p.add_argument("model", help="ELMA model folder")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    import torch
+
+    from elma.model.loading import load_model
+    from elma.tokenization import save_tokenizer
+
+    model, tokenizer = load_model(args.model)
+    out = Path(args.output_dir)
+    model.save_pretrained(out, dtype=getattr(torch, args.dtype))
+    save_tokenizer(tokenizer, out)
+    size_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    print(f"wrote {out} ({args.dtype}, {size_mb:.1f} MB)")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="ask a model one question and show the answer of every exit")
     p.add_argument("--model", help="ELMA model folder (default: the shipped reference model)")
@@ -169,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_demo):
+    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo):
         add(sub)
     return parser
 

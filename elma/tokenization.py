@@ -68,3 +68,12 @@ def pad_token_id(tokenizer) -> int:
         if idx is not None:
             return idx
     return 0
+
+
+def save_tokenizer(tokenizer, folder: "str | Path") -> Path:
+    """Write ``folder/tokenizer.json`` atomically; returns its path."""
+    from elma.fsutil import atomic_write
+
+    target = Path(folder) / TOKENIZER_NAME
+    atomic_write(target, lambda tmp: tokenizer.save(tmp))
+    return target

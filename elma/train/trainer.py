@@ -23,7 +23,7 @@ from elma.data.squad import load_many
 from elma.errors import ElmaError
 from elma.fsutil import atomic_write, write_json
 from elma.model.multi_exit import CONFIG_NAME, ExitConfig, MultiExitQA
-from elma.tokenization import TOKENIZER_NAME, load_tokenizer, pad_token_id
+from elma.tokenization import load_tokenizer, pad_token_id, save_tokenizer
 from elma.train.batching import collate, epoch_batches
 from elma.train.losses import multi_exit_loss
 
@@ -225,7 +225,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                          real_tokens / max(wall_s, 1e-9), step - len(losses), losses)
     model.eval()
     model.save_pretrained(out)
-    tokenizer.save(str(out / TOKENIZER_NAME))
+    save_tokenizer(tokenizer, out)
     if config.eval_file:
         result.eval = evaluate_and_calibrate(model, tokenizer, config, out)
     write_json(out / "train_state.json", {"config": asdict(config), "steps": step, "final_loss": result.final_loss,

@@ -104,3 +104,13 @@ def test_evaluate_cli_prints_the_official_numbers(tmp_path):
     assert out["HasAns_f1"] == pytest.approx(100 * (5 / 3) / 2) and out["NoAns_exact"] == pytest.approx(50.0)
     assert out["best_f1"] == pytest.approx(100 * (11 / 3) / 4) and out["best_f1_thresh"] == 0.2
     assert out["total"] == 4
+
+
+def test_convert_to_fp16_halves_the_weights_and_keeps_the_answers(trained, tmp_path):
+    model, data = trained
+    elma("convert", model, "-o", tmp_path / "fp16", "--dtype", "float16")
+    assert (tmp_path / "fp16" / "model.safetensors").stat().st_size < 0.55 * (model / "model.safetensors").stat().st_size
+    elma("predict", model, data, "-o", tmp_path / "a.json")
+    elma("predict", tmp_path / "fp16", data, "-o", tmp_path / "b.json")
+    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert sum(a[q] == b[q] for q in a) >= 0.9 * len(a)
