@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -224,6 +224,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     result = TrainResult(step, _mean(losses[-config.log_every:]) if losses else float("nan"), wall_s,
                          real_tokens / max(wall_s, 1e-9), step - len(losses), losses)
     model.eval()
+    # thresholds calibrated for the weights we started from no longer hold; --eval-file recalibrates
+    model.exit_config = replace(model.exit_config, null_thresholds=())
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     if config.eval_file:
@@ -245,8 +247,7 @@ def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, o
     for res, t in zip(results, thresholds):
         res.null_threshold = t
         res.answers = [_rethreshold(a, t) for a in res.answers]
-    exit_config = ExitConfig(**{**asdict(model.exit_config), "null_thresholds": tuple(thresholds)})
-    model.exit_config = exit_config
+    model.exit_config = replace(model.exit_config, null_thresholds=tuple(thresholds))
     model.save_pretrained(out)
     rows = score_exits(results, examples)
     write_json(out / "eval_results.json", {"eval_file": config.eval_file, "exits": rows})
@@ -257,8 +258,6 @@ def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, o
 
 
 def _rethreshold(answer, threshold: float):
-    from dataclasses import replace
-
     return replace(answer, no_answer=answer.window < 0 or answer.null_score_diff > threshold)
 
 
