@@ -125,9 +125,9 @@ def _export(model_dir: Path, target: Path, config: ExportConfig) -> ExportReport
             _convert(staged, tmp / graph.name, graph.spec.kind, config.precision)
         shutil.rmtree(stage)
         externalize_weights([tmp / g.name for g in graphs], tmp / WEIGHTS_FILE)
-        tolerance = graphs[0].spec.tolerances[config.precision]
         for graph in graphs:
-            diffs[graph.name] = check_graph(tmp / graph.name, graph.spec, graph.checks, tolerance, config.precision)
+            diffs[graph.name] = check_graph(tmp / graph.name, graph.spec, graph.checks,
+                                            graph.spec.tolerances[config.precision], config.precision)
         _write_tokenizer(tokenizer_src, tmp / TOKENIZER_FILE)
         manifest = _manifest(model, model_dir, model_config, steps, config, max_seq, windows, tokenizer_src)
         manifest["files"] = files_table(tmp, [g.name for g in graphs] + [WEIGHTS_FILE, TOKENIZER_FILE])

@@ -30,10 +30,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from elma.errors import ElmaError, ExportError
+from elma.errors import ElmaError, EngineLoadError, ExportError
 from elma.fsutil import atomic_write
 from elma.runtime.bundle import Bundle, load_bundle, update_manifest
-from elma.runtime.trt_compat import TrtFeatures, current_engine_target, import_tensorrt, trt_features
+from elma.runtime.trt_compat import (
+    EngineTarget,
+    TrtFeatures,
+    check_engine_compat,
+    current_engine_target,
+    import_tensorrt,
+    trt_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +151,7 @@ def build_engines(path: "str | os.PathLike", config: EngineBuildConfig = EngineB
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     cache_path = bundle.root / TIMING_CACHE_FILE
-    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() and _same_target(bundle, target) else b""
     cache_config = builder.create_builder_config()  # kept alive with the cache it created
     cache = cache_config.create_timing_cache(cache_bytes)
     plans: Dict[str, str] = {}
@@ -188,7 +195,8 @@ def _build_one(trt, builder, trt_logger, features: TrtFeatures, onnx_path: Path,
         pinned = pin_layers_fp32(trt, network)
         build_config.set_flag(getattr(trt.BuilderFlag, features.precision_flag))
         logger.debug("%s: %d layers pinned to fp32", onnx_path.name, pinned)
-    build_config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another GPU is refused
+    if not build_config.set_timing_cache(cache, False):  # ignore_mismatch=False: refuse a cache of another GPU
+        logger.warning("%s: TensorRT refused the timing cache; building without it", onnx_path.name)
     profile = builder.create_optimization_profile()
     for name, shape in shapes.items():
         profile.set_shape(name, shape.min, shape.opt, shape.max)
@@ -200,15 +208,26 @@ def _build_one(trt, builder, trt_logger, features: TrtFeatures, onnx_path: Path,
     return bytes(plan)
 
 
+def _same_target(bundle: Bundle, target: EngineTarget) -> bool:
+    """Whether the bundle's last engines (and so its timing cache) were built for ``target``."""
+    if not bundle.engines:
+        return False
+    try:
+        check_engine_compat(bundle.engines, target)
+    except EngineLoadError:
+        return False
+    return True
+
+
 def pin_layers_fp32(trt, network, layer_types: Sequence[str] = FP32_LAYER_TYPES) -> int:
-    """Set ``precision`` and float output types of the named layer types to fp32; returns how many layers."""
+    """Set ``precision`` and output types of the named float layer types to fp32; returns how many layers."""
     wanted = {getattr(trt.LayerType, name) for name in layer_types if hasattr(trt.LayerType, name)}
     floats = {trt.float32, trt.float16}
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type not in wanted:
-            continue
+        if layer.type not in wanted or layer.num_outputs < 1 or layer.get_output(0).dtype not in floats:
+            continue  # integer reductions (shape arithmetic) keep their type
         layer.precision = trt.float32
         for j in range(layer.num_outputs):
             if layer.get_output(j).dtype in floats:

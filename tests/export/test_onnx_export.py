@@ -74,3 +74,14 @@ def test_elma_export_command(tiny_bundles, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "c")]) == 2
     assert "no such model folder" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_missing_export_dependencies_say_what_to_install(tiny_bundles, tmp_path, monkeypatch):
+    import sys
+
+    from elma.errors import ExportError
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ExportError, match=r"exporting needs onnx: pip install 'elma\[export\]'"):
+        export_bundle(tiny_bundles.model("bert"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
