@@ -114,6 +114,7 @@ def _export(model_dir: Path, target: Path, config: ExportConfig) -> ExportReport
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=str(target.parent)))
     try:
+        _chmod_like_mkdir(tmp)  # mkdtemp makes it private (0700); the bundle is meant to be copied and shared
         stage = tmp / ".fp32"
         stage.mkdir()
         with torch.no_grad():
@@ -322,6 +323,12 @@ def _manifest(model, model_dir: Path, model_config: dict, steps, config: ExportC
                        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                        "exporter": config.exporter},
     }
+
+
+def _chmod_like_mkdir(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
