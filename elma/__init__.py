@@ -1,7 +1,8 @@
 """ELMA: early-exit offloading for embedded question answering."""
 
-from elma.errors import DataError, ElmaError, ModelLoadError
+from elma.errors import BundleError, DataError, ElmaError, EngineLoadError, ExportError, ModelLoadError, TensorRTUnavailable
 
 __version__ = "0.1.0"
 
-__all__ = ["DataError", "ElmaError", "ModelLoadError", "__version__"]
+__all__ = ["BundleError", "DataError", "ElmaError", "EngineLoadError", "ExportError", "ModelLoadError", "TensorRTUnavailable",
+           "__version__"]

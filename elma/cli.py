@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -188,11 +188,65 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a verified bundle: per-layer ONNX graphs, exit heads, fused graph")
+    p.add_argument("model", nargs="?", help="ELMA model folder (default: the shipped reference model)")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to create")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="weights: fp16 keeps normalisation and softmax in fp32; int8 = dynamic MatMul quantisation (CPU)")
+    p.add_argument("--max-seq-length", type=int, help="longest window (default: the model's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset: 17 (native LayerNormalization) or 13 for TensorRT < 8.6")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript", help="torch.onnx exporter")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
+    p.add_argument("--threads", type=int, help="torch threads while exporting (default: torch's)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from elma.export.bundle_writer import export_bundle, export_summary
+    from elma.export.specs import ExportConfig
+    from elma.paths import default_model_dir
+
+    try:
+        config = ExportConfig(precision=args.precision, max_seq_length=args.max_seq_length, opset=args.opset,
+                              exporter=args.exporter, overwrite=args.overwrite, threads=args.threads)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    model = Path(args.model) if args.model else default_model_dir()
+    if not model.is_dir():
+        raise ElmaError(f"{model}: no such model folder; pass one trained with `elma train`")
+    print(export_summary(export_bundle(model, Path(args.output), config)))
+    return 0
+
+
+def _add_build_engines(sub) -> None:
+    p = sub.add_parser("build-engines", help="build one TensorRT engine per graph of a bundle (needs tensorrt and a GPU)")
+    p.add_argument("bundle", help="bundle folder written by `elma export`")
+    p.add_argument("--fp16", action="store_true", help="allow fp16 kernels (normalisation layers stay fp32)")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="builder workspace limit in MiB")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch the engines accept")
+    p.set_defaults(func=cmd_build_engines)
+
+
+def cmd_build_engines(args) -> int:
+    from elma.export.tensorrt_build import EngineBuildConfig, build_engines
+
+    try:
+        config = EngineBuildConfig(fp16=args.fp16, workspace_mb=args.workspace, max_batch=args.max_batch)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    report = build_engines(Path(args.bundle), config)
+    print(f"built {len(report.plans)} engines in {report.bundle} with TensorRT {report.tensorrt_version} for "
+          f"{report.gpu_name} (compute capability {report.compute_capability}) in {report.wall_s:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo):
+    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
+                _add_build_engines):
         add(sub)
     return parser
 

@@ -11,3 +11,19 @@ class DataError(ElmaError):
 
 class ModelLoadError(ElmaError):
     """A model folder is missing files or does not match its config."""
+
+
+class ExportError(ElmaError):
+    """A model cannot be exported, or an exported piece does not reproduce its PyTorch step."""
+
+
+class BundleError(ElmaError):
+    """A model bundle (``elma export``'s output) is missing files, altered, or of another format or backbone."""
+
+
+class EngineLoadError(ElmaError):
+    """A TensorRT engine cannot be used on this machine (other TensorRT version or GPU)."""
+
+
+class TensorRTUnavailable(ElmaError):
+    """TensorRT, or a CUDA GPU, is not present where an engine must be built or run."""

@@ -11,6 +11,7 @@ Function-scoped on purpose: ``build_windows`` sets truncation on the tokenizer i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,81 @@ def tiny_squad(tmp_path):
     path = tmp_path / "tiny-squad.json"
     path.write_text(json.dumps(squad_payload(copies=4)))
     return path
+
+
+# ---- tiny model folders and bundles (export and runtime tests) ------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def tiny_config(name: str, **overrides) -> dict:
+    """tests/fixtures/tiny-{name}.json with ``overrides`` applied."""
+    cfg = json.loads((FIXTURES / f"tiny-{name}.json").read_text())
+    cfg.update(overrides)
+    return cfg
+
+
+def make_tiny_model_dir(path: Path, name: str, seed: int = 0, **overrides) -> Path:
+    """Save a random tiny ELMA model folder (weights, config, WordPiece tokenizer) at ``path``.
+
+    Every weight is perturbed, as training would leave it (random init has equal LayerNorm weights and
+    zero biases, which exporters share between nodes), and the exit heads are scaled up so that logits
+    are O(1) and tolerances mean something. Windows of 64 tokens; one null threshold per exit.
+    """
+    torch = pytest.importorskip("torch")
+    from transformers import AutoConfig
+
+    torch.set_num_threads(1)  # tiny tensors: thread hand-offs cost more than the work on a busy 2-core machine
+
+    from elma.model.multi_exit import ExitConfig, MultiExitQA
+
+    cfg = tiny_config(name, **overrides)
+    kind = cfg.pop("model_type")
+    layers = cfg["num_hidden_layers"]
+    torch.manual_seed(seed)
+    exit_config = ExitConfig(layers, null_thresholds=tuple(0.25 * i - 0.5 for i in range(layers)), max_seq_length=64,
+                             doc_stride=16, max_query_length=16)
+    model = MultiExitQA(AutoConfig.for_model(kind, **cfg), exit_config)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for head in model.exits:
+            head.weight.normal_(std=0.5)
+            head.bias.normal_(std=0.1)
+    model.save_pretrained(path)
+    make_wordpiece_tokenizer().save(str(Path(path) / "tokenizer.json"))
+    return Path(path)
+
+
+class TinyBundles:
+    """Exports each (model, precision) once per test session; tests that alter a bundle copy it first."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._models: dict = {}
+        self._bundles: dict = {}
+
+    def model(self, name: str = "bert", **overrides) -> Path:
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in self._models:
+            suffix = "-".join(f"{k}{v}" for k, v in key[1])
+            self._models[key] = make_tiny_model_dir(self.root / f"model-{name}{suffix}", name, **overrides)
+        return self._models[key]
+
+    def bundle(self, name: str = "bert", precision: str = "fp32", **overrides) -> Path:
+        pytest.importorskip("onnxruntime")
+        from elma.export.bundle_writer import export_bundle
+        from elma.export.specs import ExportConfig
+
+        key = (name, precision, tuple(sorted(overrides.items())))
+        if key not in self._bundles:
+            model = self.model(name, **overrides)
+            out = self.root / f"bundle-{model.name[len('model-'):]}-{precision}"
+            export_bundle(model, out, ExportConfig(precision=precision, threads=1))
+            self._bundles[key] = out
+        return self._bundles[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    return TinyBundles(tmp_path_factory.mktemp("bundles"))
