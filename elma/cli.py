@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, power.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -238,6 +238,68 @@ def cmd_build_engines(args) -> int:
     report = build_engines(Path(args.bundle), config)
     print(f"built {len(report.plans)} engines in {report.bundle} with TensorRT {report.tensorrt_version} for "
           f"{report.gpu_name} (compute capability {report.compute_capability}) in {report.wall_s:.1f} s")
+
+
+def _add_power(sub) -> None:
+    p = sub.add_parser("power", help="power sources: sample one, print its energy, save the trace")
+    power_sub = p.add_subparsers(dest="power_command", required=True)
+    s = power_sub.add_parser("sample", help="sample a power source; print the measurement as JSON")
+    s.add_argument("--source", default="auto", help="tegrastats | tegrastats-log:FILE | jtop | ina3221[:SYSFS_ROOT] | "
+                   "keysight:VISA_RESOURCE[@CH[,CH]] | replay:FILE.csv | null | auto (default)")
+    s.add_argument("--duration", type=float, help="seconds to sample (default: until a log/CSV ends, or Ctrl-C)")
+    s.add_argument("--csv", help="write the samples and gaps here (replay them with --source replay:FILE)")
+    s.add_argument("--interval-ms", type=int, help="sampling period, ms (default 100)")
+    s.add_argument("--tegrastats-cmd", help="how to run tegrastats, e.g. 'sudo tegrastats' (default: tegrastats)")
+    s.add_argument("--sysfs-root", help="sysfs mount for ina3221 (default /sys)")
+    s.add_argument("--jtop-socket", help="jtop.service socket (default /run/jtop.sock)")
+    s.add_argument("--visa-library", help="PyVISA backend: @py (default), '' for an installed VISA, FILE.yaml@sim")
+    s.add_argument("--visa-timeout-ms", type=int, help="SCPI query timeout, ms (default 2000)")
+    s.add_argument("--retry-s", type=float, help="wait between attempts to reopen a failed source, s (default 1)")
+    s.add_argument("--max-samples", type=int, help="sample buffer bound (default 1000000)")
+    s.add_argument("--realtime-replay", action="store_true", default=None, help="replay at the recorded pace")
+    s.set_defaults(func=cmd_power_sample)
+
+
+def cmd_power_sample(args) -> int:
+    import shlex
+    import time
+    from dataclasses import asdict, fields
+
+    from elma.power import PowerConfig, PowerSampler, measure, open_meter, write_trace_csv
+
+    if args.duration is not None and args.duration <= 0:
+        raise ElmaError(f"--duration must be positive (got {args.duration})")
+    known = {f.name for f in fields(PowerConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    if args.tegrastats_cmd is not None:
+        values["tegrastats_cmd"] = tuple(shlex.split(args.tegrastats_cmd))
+    try:
+        config = PowerConfig(**values)
+        meter = open_meter(config)
+        sampler = PowerSampler(meter, interval_s=config.interval_ms / 1000.0, max_samples=config.max_samples,
+                               retry_s=config.retry_s)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    sampler.start()
+    begin_s = sampler.clock()
+    deadline_s = None if args.duration is None else sampler.clock() + args.duration
+    try:
+        while sampler.running and (deadline_s is None or sampler.clock() < deadline_s):
+            time.sleep(0.05 if deadline_s is None else max(0.0, min(0.05, deadline_s - sampler.clock())))
+    except KeyboardInterrupt:
+        logger.info("interrupted: measuring what was sampled")
+    end_s = sampler.clock()
+    sampler.stop()
+    trace = sampler.trace()
+    if sampler.exhausted and trace.samples:  # a log or a CSV: its own clock, its whole span
+        begin_s, end_s = trace.samples[0].timestamp_s, trace.samples[-1].timestamp_s
+    result = measure(trace, "run", begin_s, end_s)
+    if args.csv:
+        write_trace_csv(Path(args.csv), trace)
+    report = {"source": meter.describe(), "samples": len(trace.samples), "dropped_samples": sampler.dropped_samples,
+              "malformed_lines": getattr(meter, "malformed_lines", None), "measurement": asdict(result),
+              "csv": args.csv}
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -246,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
-                _add_build_engines):
+                _add_build_engines, _add_power):
         add(sub)
     return parser
 

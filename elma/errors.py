@@ -27,3 +27,18 @@ class EngineLoadError(ElmaError):
 
 class TensorRTUnavailable(ElmaError):
     """TensorRT, or a CUDA GPU, is not present where an engine must be built or run."""
+
+
+class PowerMeterError(ElmaError):
+    """Base of the power-measurement errors (``elma.power``)."""
+
+
+class PowerMeterUnavailable(PowerMeterError):
+    """A power source cannot be opened here (no tegrastats, no sysfs rails, no instrument, no jtop service)."""
+
+
+class PowerReadError(PowerMeterError):
+    """An open power source failed mid-run (process died, instrument timed out or disconnected).
+
+    The sampler records the failure as a gap and tries to reopen the source; it never crashes the caller.
+    """
