@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, power.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -303,12 +303,53 @@ def cmd_power_sample(args) -> int:
     return 0
 
 
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="choose exit-policy thresholds on a calibration set; store them in the bundle")
+    p.add_argument("bundle", help="bundle folder written by `elma export`")
+    p.add_argument("--data", required=True, help="calibration SQuAD JSON (from training material, never the dev set)")
+    p.add_argument("--max-f1-drop", type=float, required=True, metavar="D",
+                   help="F1 points (0-100) a setting may lose against full depth")
+    p.add_argument("--policies", default=",".join(("entropy", "maxprob", "patience", "similarity", "static")),
+                   help="comma-separated policy names to calibrate (default: all)")
+    p.add_argument("--default", help="policy name `elma-ask` uses by default (default: the fastest calibrated one)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from elma.data.squad import load_squad
+    from elma.runtime.calibrate import calibrate, write_calibration
+    from elma.runtime.engine import Runtime, is_bundle
+
+    if not is_bundle(args.bundle):
+        raise ElmaError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    examples = load_squad(Path(args.data), check_offsets=False)
+    try:
+        with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
+            report = calibrate(rt, examples, args.max_f1_drop, policies, args.default, args.batch_size)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    if not args.dry_run:
+        write_calibration(Path(args.bundle), report, Path(args.data).name)
+    print(f"full depth: F1 {report.full_depth.f1:.2f}, {report.full_depth.mean_layers:.2f} layers "
+          f"({report.questions} questions; recorded in {report.record_s:.1f} s, {report.grid_points} settings "
+          f"simulated in {report.search_s:.1f} s)")
+    for name, s in report.chosen.items():
+        print(f"{name:<10} {s.spec:<32} F1 {s.f1:6.2f}  mean layers {s.mean_layers:5.2f}  unsolved {100 * s.unsolved_rate:5.1f}%")
+    where = "not written (--dry-run)" if args.dry_run else f"written to {Path(args.bundle) / 'manifest.json'}"
+    print(f"default policy: {report.default}; {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
-                _add_build_engines, _add_power):
+                _add_build_engines, _add_calibrate, _add_power):
         add(sub)
     return parser
 
