@@ -1,0 +1,228 @@
+"""``elma-ask``: ask a model a question about a passage, from the terminal.
+
+    elma-ask "Who led the raiders?" --context-file passage.txt
+    elma-ask "Who led the raiders?" --context "The Normans ..."
+    cat passage.txt | elma-ask "Who led the raiders?"
+    elma-ask -i --context-file passage.txt          # one passage, many questions (line editing)
+    elma-ask "..." --context-file p.txt --json --policy entropy:0.4,0.4 --backend onnxruntime --model BUNDLE
+
+Exit codes: 0 answered (also when the answer is "no answer"), 2 usage or input
+error, 3 model or bundle error. Every error is one line on stderr.
+
+Only the standard library is imported at module level, so ``elma-ask --help``
+works without torch or onnxruntime; the runtime is imported once a question is
+to be answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from elma.errors import DataError, ElmaError
+
+PROG = "elma-ask"
+EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
+MAX_CONTEXT_BYTES = 1_000_000  # 1 MB of UTF-8: about 150k words, already thousands of windows on a Jetson
+BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Answer a question about a passage with an early-exit model.",
+        epilog=f"The context comes from --context, --context-file, or standard input (at most {MAX_CONTEXT_BYTES} "
+               f"bytes of UTF-8 text). Exit codes: 0 answered (also 'no answer'), 2 usage or input error, "
+               f"3 model or bundle error.")
+    p.add_argument("question", nargs="?", help="the question (omit it, or pass -i, for interactive mode)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--context", metavar="TEXT", help="the passage")
+    src.add_argument("--context-file", metavar="FILE", help="file holding the passage ('-' for standard input)")
+    p.add_argument("-i", "--interactive", action="store_true", help="ask many questions about one passage")
+    p.add_argument("--model", metavar="PATH", help="bundle folder (or an ELMA model folder, run with the torch backend); "
+                   "default: $ELMA_MODEL, else a bundle under models/, else the shipped reference model")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
+    p.add_argument("--policy", metavar="SPEC", help="exit policy, e.g. entropy:0.4,0.4, maxprob:0.9, patience:2, "
+                   "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none)")
+    p.add_argument("--max-layer", type=int, metavar="N", help="last layer allowed; unconfident by then = 'unsolved'")
+    p.add_argument("--json", action="store_true", help="one JSON object per answer")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime loads")
+    return p
+
+
+def find_default_model() -> Path:
+    """$ELMA_MODEL, else the first bundle under ``models/``, else the reference model folder."""
+    from elma.paths import REPO_ROOT, default_model_dir
+
+    if os.environ.get("ELMA_MODEL"):
+        return Path(os.environ["ELMA_MODEL"])
+    models = REPO_ROOT / "models"
+    if models.is_dir():
+        bundles = sorted(p for p in models.iterdir() if (p / "manifest.json").is_file())
+        if bundles:
+            return bundles[0]
+    return default_model_dir()
+
+
+def decode_context(raw: bytes, where: str) -> str:
+    """Bytes of a passage -> text, refusing what is too large, binary or not UTF-8."""
+    if len(raw) > MAX_CONTEXT_BYTES:
+        raise UsageError(f"{where} is {len(raw)} bytes; the limit is {MAX_CONTEXT_BYTES} bytes "
+                         f"(ask about the relevant part of the document)")
+    if b"\x00" in raw:
+        raise UsageError(f"{where} holds NUL bytes: it looks like a binary file, not text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{where} is not UTF-8 text (bad byte at offset {err.start})") from err
+    if not text.strip():
+        raise UsageError(f"{where} is empty; give the passage the question is about")
+    return text
+
+
+def read_context(args, stdin) -> str:
+    if args.context is not None:
+        return decode_context(args.context.encode("utf-8", "surrogateescape"), "--context")
+    if args.context_file not in (None, "-"):
+        path = Path(args.context_file)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONTEXT_BYTES + 1)
+        except FileNotFoundError as err:
+            raise UsageError(f"{path}: no such context file") from err
+        except IsADirectoryError as err:
+            raise UsageError(f"{path}: is a folder, not a context file") from err
+        except OSError as err:
+            raise UsageError(f"{path}: cannot read the context file: {err.strerror}") from err
+        return decode_context(raw, str(path))
+    if args.context_file is None and stdin.isatty():
+        raise UsageError("no context: pass --context TEXT, --context-file FILE, or pipe the passage on standard input")
+    buffer = getattr(stdin, "buffer", None)
+    raw = buffer.read(MAX_CONTEXT_BYTES + 1) if buffer is not None else stdin.read(MAX_CONTEXT_BYTES + 1).encode("utf-8")
+    return decode_context(raw, "standard input")
+
+
+def answer_json(question: str, answer) -> str:
+    record = {"question": question, **answer.to_dict()}
+    record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(record, ensure_ascii=False)
+
+
+def answer_text(answer) -> str:
+    head = f"Answer: {answer.text}" if not answer.no_answer else "No answer in the passage."
+    detail = (f"  exit layer {answer.exit_layer}/{answer.num_layers}, {answer.latency_ms:.1f} ms "
+              f"(policy {answer.policy})")
+    if answer.unsolved:
+        detail += "; unsolved: no exit was confident"
+    return f"{head}\n{detail}"
+
+
+def _ask(rt, question: str, context: str, args, out) -> None:
+    try:
+        answer = rt.ask(question, context, max_layer=args.max_layer)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    print(answer_json(question, answer) if args.json else answer_text(answer), file=out)
+
+
+def interactive(rt, context: str, args, stdin, out) -> None:
+    """Read questions until EOF or an empty line; bad questions are reported and skipped."""
+    if stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    prompt = "question> " if stdin.isatty() else ""
+    while True:
+        try:
+            line = input(prompt) if stdin is sys.stdin else stdin.readline()
+        except EOFError:
+            break
+        if not line:
+            break
+        question = line.strip()
+        if not question:
+            if stdin.isatty():
+                continue
+            break
+        try:
+            _ask(rt, question, context, args, out)
+        except UsageError as err:
+            print(f"{PROG}: {err}", file=sys.stderr)
+
+
+def run(args, stdin=None, out=None) -> int:
+    stdin = stdin if stdin is not None else sys.stdin
+    out = out if out is not None else sys.stdout
+    from elma.runtime.policies import parse_policy  # numpy only
+
+    if args.policy is not None:
+        try:
+            parse_policy(args.policy)
+        except ValueError as err:
+            raise UsageError(f"--policy: {err}") from err
+    if args.question is not None and not args.question.strip():
+        raise UsageError("the question is empty; ask something about the passage")
+    want_interactive = args.interactive or args.question is None
+    if want_interactive and args.context is None and args.context_file in (None, "-"):
+        raise UsageError("interactive mode reads questions from standard input: give the passage with --context or "
+                         "--context-file (or pass the question as an argument)")
+    context = read_context(args, stdin)
+    model = Path(args.model) if args.model else find_default_model()
+    if not model.exists():
+        raise ElmaError(f"{model}: no such model or bundle; pass --model BUNDLE (create one with `elma export`)")
+    from elma.runtime.engine import Runtime, is_bundle
+
+    backend = args.backend
+    if backend is None and not is_bundle(model):
+        backend = "torch"
+        logging.getLogger(PROG).info("%s is a model folder, not a bundle: using the torch backend", model)
+    try:
+        rt = Runtime.open(model, backend=backend, policy=args.policy)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except ImportError as err:
+        raise ElmaError(f"the {backend or 'onnxruntime'} backend cannot be imported here: {err}") from err
+    with rt:
+        if args.max_layer is not None and not 1 <= args.max_layer <= rt.num_layers:
+            raise UsageError(f"--max-layer must be in 1..{rt.num_layers} (got {args.max_layer})")
+        if want_interactive:
+            interactive(rt, context, args, stdin, out)
+        else:
+            _ask(rt, args.question, context, args, out)
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None, stdin=None, stdout=None) -> int:
+    """Run elma-ask; ``stdin``/``stdout`` default to the process's (tests pass their own)."""
+    args = build_parser().parse_args(argv)  # argparse exits with 2 on bad usage
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args, stdin, stdout)
+    except (UsageError, DataError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ElmaError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or an unexpected library failure: still one line (the traceback with -v)
+        logging.getLogger(PROG).debug("unexpected error", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(err).__name__}: {err} (rerun with -v for details)", file=sys.stderr)
+        return EXIT_MODEL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
