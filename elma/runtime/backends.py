@@ -57,6 +57,10 @@ class Backend:
     def run_exit(self, slot: int, hidden: np.ndarray, attention_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def select_rows(self, hidden, rows: Sequence[int], width: int):
+        """The hidden state of ``rows`` only, cut to the first ``width`` tokens (rows that exited leave the batch)."""
+        return np.ascontiguousarray(hidden[np.asarray(rows), :width])
+
     def describe(self) -> str:
         """One line: which backend, on what."""
         return self.name

@@ -382,7 +382,7 @@ class Runtime:
             if len(keep) < len(active):  # rows that exited leave the batch; cut it to the longest row left
                 active = active[keep]
                 width = max(rows[i].length for i in active)
-                hidden = np.ascontiguousarray(hidden[keep, :width])
+                hidden = self.backend.select_rows(hidden, keep, width)
         return rows, step_ms, prep_ms
 
     def _answers(self, items, rows: Sequence[_Row], step_ms: Sequence[float], prep_ms: float, policy: ExitPolicy,
