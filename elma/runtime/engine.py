@@ -289,7 +289,7 @@ class Runtime:
             validate_input(question, context)
         if not items:
             return []
-        windows = self._windows(items)
+        windows = self.windows(items)
         rows, step_ms, prep_ms = self._run(windows, chosen, last, began=began)
         return self._answers(items, rows, step_ms, prep_ms, chosen, last)
 
@@ -301,7 +301,7 @@ class Runtime:
         """
         for question, context in items:
             validate_input(question, context)
-        windows = self._windows(items)
+        windows = self.windows(items)
         rows, _, _ = self._run(windows, NoExitPolicy(), self.num_layers, record=True)
         out: List[List[Tuple[Window, np.ndarray]]] = [[] for _ in items]
         for row in rows:
@@ -327,7 +327,8 @@ class Runtime:
             raise ValueError(f"max_layer must be in 1..{self.num_layers} (got {max_layer})")
         return int(max_layer)
 
-    def _windows(self, items: Sequence[Tuple[str, str]]) -> List[Window]:
+    def windows(self, items: Sequence[Tuple[str, str]]) -> List[Window]:
+        """The model inputs of (question, context) pairs: one or more windows each, in order (thread-safe)."""
         examples = [Example(str(i), "", q, c, (), False) for i, (q, c) in enumerate(items)]
         with self._tokenizer_lock:  # build_windows sets truncation on the shared tokenizer
             return build_windows(examples, self.tokenizer, self.info.windows, with_labels=False)
