@@ -193,7 +193,15 @@ class Runtime:
         self.info = info
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(info.tokenizer)
         self.pad_id = pad_token_id(self.tokenizer)
-        self.policy = self.resolve_policy(policy if policy is not None else info.default_policy)
+        self.policy = self.resolve_policy("none")
+        if policy is not None:
+            self.policy = self.resolve_policy(policy)
+        else:
+            try:
+                self.policy = self.resolve_policy(info.default_policy)
+            except ValueError as err:
+                raise BundleError(f"{info.path}: calibrated default policy {info.default_policy!r} is not usable "
+                                  f"({err}); run `elma calibrate` again") from err
         self._tokenizer_lock = threading.Lock()
         self._backend_lock = None if backend.thread_safe else threading.Lock()
 

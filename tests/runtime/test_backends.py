@@ -81,3 +81,35 @@ def test_one_runtime_shared_by_threads_answers_as_sequentially(tiny_bundles, bac
         assert (a.text, a.char_start, a.exit_layer, a.no_answer, a.unsolved) == (b.text, b.char_start, b.exit_layer,
                                                                                  b.no_answer, b.unsolved)
         assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+def test_device_side_modules_import_without_torch_onnxruntime_or_tensorrt():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\n"
+            "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'pycuda', 'cuda'):\n"
+            "    sys.modules[name] = None\n"
+            "import elma.runtime.engine, elma.runtime.backends, elma.runtime.trt_backend, elma.runtime.calibrate\n"
+            "import elma.ask_cli\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_an_unusable_calibrated_default_is_a_bundle_error(tiny_bundles, tmp_path):
+    import shutil
+
+    from elma.errors import BundleError
+    from elma.runtime.bundle import update_manifest
+
+    bundle = shutil.copytree(tiny_bundles.bundle("bert"), tmp_path / "b")
+    update_manifest(bundle, {"exit_thresholds": {"default": "static:9"}})
+    with pytest.raises(BundleError, match="run `elma calibrate` again"):
+        Runtime.open(bundle)
+    with Runtime.open(bundle, policy="static:2") as rt:
+        assert rt.ask(*QUESTIONS[0]).exit_layer == 2
