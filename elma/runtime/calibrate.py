@@ -88,6 +88,7 @@ class Recorded:
         self.null_thresholds = tuple(null_thresholds)
         self.gold = {q.example.qid: q.example.answer_texts for q in questions}
         self._predictions: Dict[Tuple[int, Tuple[int, ...]], str] = {}  # (question, window exit layers) -> text
+        self._stat_cache: Optional[List[List[np.ndarray]]] = None
 
     def _null(self, layer: int) -> float:
         return self.null_thresholds[layer - 1] if self.null_thresholds else 0.0
@@ -102,8 +103,40 @@ class Recorded:
             self._predictions[key] = span.prediction
         return self._predictions[key]
 
+    def _stats(self) -> List[List[np.ndarray]]:
+        """Per question, per window: (L, 3) float64 of H_start, H_end and the smaller max probability, computed once
+        with the functions the policies use, so that threshold policies are simulated by comparisons alone."""
+        if self._stat_cache is None:
+            self._stat_cache = [[np.array([[float(entropy(lg[layer, 0], m)), float(entropy(lg[layer, 1], m)),
+                                            min(float(max_prob(lg[layer, 0], m)), float(max_prob(lg[layer, 1], m)))]
+                                           for layer in range(self.num_layers)])
+                                 for lg, m in zip(q.logits, q.answer_masks)] for q in self.questions]
+        return self._stat_cache
+
+    def _threshold_exits(self, policy: ExitPolicy) -> Optional[List[List[Tuple[int, bool]]]]:
+        """Exits of the stateless threshold policies from the cached statistics (None for other policies)."""
+        if isinstance(policy, EntropyPolicy):
+            def ok(st):
+                return (st[:, 0] < policy.start_threshold) & (st[:, 1] < policy.end_threshold)
+        elif isinstance(policy, MaxProbPolicy):
+            def ok(st):
+                return st[:, 2] >= policy.threshold
+        else:
+            return None
+        out = []
+        for per_window in self._stats():
+            exits = []
+            for st in per_window:
+                hits = np.flatnonzero(ok(st))
+                exits.append((int(hits[0]) + 1, True) if hits.size else (self.num_layers, False))
+            out.append(exits)
+        return out
+
     def window_exits(self, policy: ExitPolicy) -> List[List[Tuple[int, bool]]]:
         """Per question, per window: (exit layer, confident), as the runtime's loop decides them."""
+        fast = self._threshold_exits(policy)
+        if fast is not None:
+            return fast
         out = []
         for q in self.questions:
             per_window = []
@@ -136,23 +169,18 @@ class Recorded:
 
     # ---- what the grid is built from ----------------------------------------------------------------------------
 
-    def _per_window(self, fn) -> np.ndarray:
-        values = [fn(lg[layer], amask) for q in self.questions for lg, amask in zip(q.logits, q.answer_masks)
-                  for layer in range(self.num_layers)]
-        return np.asarray(values, dtype=np.float64)
-
     def grid(self, name: str, quantiles: int = GRID_QUANTILES) -> List[ExitPolicy]:
         """Candidate settings of policy ``name``: thresholds at quantiles of the statistic it compares."""
         q = np.linspace(0.0, 1.0, quantiles)
         L = self.num_layers
         if name == "entropy":
-            h_start = self._per_window(lambda lg, m: float(entropy(lg[0], m)))
-            h_end = self._per_window(lambda lg, m: float(entropy(lg[1], m)))
+            stats = np.concatenate([st for per_window in self._stats() for st in per_window])  # (N * L, 3)
+            h_start, h_end = stats[:, 0], stats[:, 1]
             starts = sorted(set(np.round(np.quantile(h_start, q) * 1.0001 + 1e-6, 6)))
             ends = sorted(set(np.round(np.quantile(h_end, q) * 1.0001 + 1e-6, 6)))
             return [EntropyPolicy(0.0, 0.0)] + [EntropyPolicy(float(s), float(e)) for s in starts for e in ends]
         if name == "maxprob":
-            p = self._per_window(lambda lg, m: min(float(max_prob(lg[0], m)), float(max_prob(lg[1], m))))
+            p = np.concatenate([st for per_window in self._stats() for st in per_window])[:, 2]
             values = sorted(set(float(v) for v in np.clip(np.round(np.quantile(p, q), 6), 1e-6, 1.0)))
             return [MaxProbPolicy(v) for v in values]
         if name == "patience":

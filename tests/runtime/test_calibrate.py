@@ -87,3 +87,19 @@ def test_calibrate_command(bundle, tmp_path, capsys):
     assert entry["max_f1_drop"] == 1.0 and entry["default"] in {p["spec"] for p in entry["policies"].values()}
     assert main(["calibrate", str(bundle), "--data", str(data), "--max-f1-drop", "1", "--policies", "wobble"]) == 2
     assert "cannot calibrate policy 'wobble'" in capsys.readouterr().err
+
+
+def test_threshold_policies_fast_path_equals_deciding_layer_by_layer(bundle, examples):
+    with Runtime.open(bundle, policy="none") as rt:
+        recorded = record(rt, examples)
+    for policy in recorded.grid("entropy")[::7] + recorded.grid("maxprob"):
+        fast = recorded.window_exits(policy)
+        decided = [[_decide(recorded, policy, lg, m) for lg, m in zip(q.logits, q.answer_masks)] for q in recorded.questions]
+        assert fast == decided, policy.spec
+
+
+def _decide(recorded, policy, logits, mask):
+    for layer in range(1, recorded.num_layers + 1):
+        if policy.decide(layer, logits[layer - 1, 0], logits[layer - 1, 1], mask).exit:
+            return (layer, True)
+    return (recorded.num_layers, False)
