@@ -89,6 +89,8 @@ class OrtOptions:
     allow_spinning: bool = False  # "session.intra_op.allow_spinning"; see above
     providers: Optional[Tuple[str, ...]] = None  # None: TensorRT, CUDA, CPU, whichever this onnxruntime has
     graph_optimization: str = "all"  # "disable", "basic", "extended" or "all"
+    trt_cache_dir: Optional[str] = None  # TensorRT EP engine and timing caches; None: ~/.cache/elma/ort-trt/<bundle digest>
+    trt_fp16: bool = False  # let the TensorRT EP build fp16 kernels (LayerNorm kept fp32 by trt_layer_norm_fp32_fallback)
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
@@ -137,6 +139,22 @@ def choose_providers(available: Sequence[str], wanted: Optional[Sequence[str]] =
     return chosen or ["CPUExecutionProvider"]
 
 
+def provider_entries(providers: Sequence[str], options: OrtOptions, cache_key: str) -> List[object]:
+    """``providers=`` for ``InferenceSession``: the TensorRT EP with its engine and timing caches on (so engines are
+    built once per machine, not at every start; option names from the onnxruntime TensorRT EP documentation)."""
+    entries: List[object] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            cache = Path(options.trt_cache_dir) if options.trt_cache_dir else \
+                Path.home() / ".cache" / "elma" / "ort-trt" / cache_key
+            entries.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                                   "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+                                   "trt_fp16_enable": str(options.trt_fp16), "trt_layer_norm_fp32_fallback": "True"}))
+        else:
+            entries.append(name)
+    return entries
+
+
 class OrtBackend(Backend):
     """ONNX Runtime over a loaded ``Bundle``: one ``InferenceSession`` per distinct graph file."""
 
@@ -150,11 +168,17 @@ class OrtBackend(Backend):
         self.num_layers = bundle.num_layers
         self.providers = choose_providers(ort.get_available_providers(), options.providers)
         so = session_options(ort, options)
+        digest = str(bundle.manifest.get("manifest_sha256") or "bundle")[:16]
+        entries = provider_entries(self.providers, options, digest)
+        if "TensorrtExecutionProvider" in self.providers:
+            for entry in entries:
+                if isinstance(entry, tuple):
+                    Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         self._sessions: Dict[Path, object] = {}
         for path in [bundle.embeddings, *bundle.group_files, *bundle.exits]:
             if path not in self._sessions:
                 try:
-                    self._sessions[path] = ort.InferenceSession(str(path), so, providers=self.providers)
+                    self._sessions[path] = ort.InferenceSession(str(path), so, providers=entries)
                 except Exception as err:  # onnxruntime raises its own exception types
                     raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({err}); re-export the bundle") from err
         self._embed = self._sessions[bundle.embeddings]

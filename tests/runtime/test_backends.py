@@ -113,3 +113,16 @@ def test_an_unusable_calibrated_default_is_a_bundle_error(tiny_bundles, tmp_path
         Runtime.open(bundle)
     with Runtime.open(bundle, policy="static:2") as rt:
         assert rt.ask(*QUESTIONS[0]).exit_layer == 2
+
+
+def test_tensorrt_execution_provider_caches_its_engines(tmp_path):
+    from elma.runtime.backends import provider_entries
+
+    entries = provider_entries(["TensorrtExecutionProvider", "CPUExecutionProvider"],
+                               OrtOptions(trt_cache_dir=str(tmp_path)), "abc")
+    name, opts = entries[0]
+    assert name == "TensorrtExecutionProvider" and entries[1] == "CPUExecutionProvider"
+    assert opts["trt_engine_cache_enable"] == "True" and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_fp16_enable"] == "False" and opts["trt_layer_norm_fp32_fallback"] == "True"
+    default = provider_entries(["TensorrtExecutionProvider"], OrtOptions(), "abc")[0][1]["trt_engine_cache_path"]
+    assert default.endswith("ort-trt/abc")
