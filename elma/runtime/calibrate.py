@@ -8,6 +8,12 @@ with each window's exit-layer logits and the null threshold of its deepest
 exit). For each policy the setting with the fewest mean layers whose F1 is
 within ``max_f1_drop`` points of full depth is kept; ties go to the higher F1.
 
+What the policies compare (entropies, maximum probabilities, adjacent-layer
+divergences, decoded spans) is computed once per window and layer with the
+policies' own functions; a grid point then costs comparisons and counting
+only (tests check this equals calling ``decide`` layer by layer, and equals
+running the runtime). Decoded answers are cached per (question, window exit layers).
+
 The calibration file must come from training material, never from the dev set
 the model is judged on.
 """
@@ -33,9 +39,10 @@ from elma.runtime.policies import (
     PatiencePolicy,
     SimilarityPolicy,
     StaticPolicy,
+    decoded_answer,
 )
 from elma.runtime.spans import decode_answer
-from elma.runtime.stats import entropy, kl_divergence, max_prob
+from elma.runtime.stats import entropy, max_prob
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,8 @@ class Recorded:
         self.gold = {q.example.qid: q.example.answer_texts for q in questions}
         self._predictions: Dict[Tuple[int, Tuple[int, ...]], str] = {}  # (question, window exit layers) -> text
         self._stat_cache: Optional[List[List[np.ndarray]]] = None
+        self._div_cache: Dict[str, List[List[np.ndarray]]] = {}
+        self._answer_cache: Dict[int, List[List[List[Tuple[int, int]]]]] = {}
 
     def _null(self, layer: int) -> float:
         return self.null_thresholds[layer - 1] if self.null_thresholds else 0.0
@@ -135,6 +144,8 @@ class Recorded:
     def window_exits(self, policy: ExitPolicy) -> List[List[Tuple[int, bool]]]:
         """Per question, per window: (exit layer, confident), as the runtime's loop decides them."""
         fast = self._threshold_exits(policy)
+        if fast is None:
+            fast = self._counting_exits(policy)
         if fast is not None:
             return fast
         out = []
@@ -188,7 +199,7 @@ class Recorded:
         if name == "similarity":
             out: List[ExitPolicy] = []
             for variant in SIMILARITY_VARIANTS:
-                div = self._divergences(variant)
+                div = np.concatenate([d for per_window in self._divergences(variant) for d in per_window])
                 if div.size == 0:
                     continue
                 values = sorted(set(float(v) for v in np.round(np.quantile(div, q[1:]) * 1.0001 + 1e-9, 9)))
@@ -198,21 +209,50 @@ class Recorded:
             return [StaticPolicy(k) for k in range(1, L + 1)]
         raise ValueError(f"no calibration grid for policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}")
 
-    def _divergences(self, variant: str) -> np.ndarray:
-        values = []
-        for qq in self.questions:
-            for lg, m in zip(qq.logits, qq.answer_masks):
-                for layer in range(1, self.num_layers):
-                    prev, cur = lg[layer - 1], lg[layer]
-                    d = 0.0
-                    for a, b in ((cur[0], prev[0]), (cur[1], prev[1])):
-                        if variant in ("kl", "bikl"):
-                            d += float(kl_divergence(a, b, m))
-                        if variant in ("rekl", "bikl"):
-                            d += float(kl_divergence(b, a, m))
-                    values.append(d / 2)
-        return np.asarray(values, dtype=np.float64)
+    def _divergences(self, variant: str) -> List[List[np.ndarray]]:
+        """Per question, per window: (L - 1,) divergence between layers l and l+1, with the policy's own function."""
+        if variant not in self._div_cache:
+            probe = SimilarityPolicy(variant, 0.0)
+            self._div_cache[variant] = [
+                [np.array([probe.divergence((lg[layer - 1, 0], lg[layer - 1, 1]), (lg[layer, 0], lg[layer, 1]), m)
+                           for layer in range(1, self.num_layers)], dtype=np.float64)
+                 for lg, m in zip(q.logits, q.answer_masks)] for q in self.questions]
+        return self._div_cache[variant]
 
+    def _answers(self, max_answer_len: int) -> List[List[List[Tuple[int, int]]]]:
+        """Per question, per window, per layer: the decoded answer span PABEE compares."""
+        if max_answer_len not in self._answer_cache:
+            self._answer_cache[max_answer_len] = [
+                [[decoded_answer(lg[layer, 0], lg[layer, 1], m, max_answer_len) for layer in range(self.num_layers)]
+                 for lg, m in zip(q.logits, q.answer_masks)] for q in self.questions]
+        return self._answer_cache[max_answer_len]
+
+    def _counting_exits(self, policy: ExitPolicy) -> Optional[List[List[Tuple[int, bool]]]]:
+        """Exits of the counting policies (patience, similarity) from cached per-layer values (None for others).
+
+        Same rule as their ``decide``: a counter grows while the condition holds between consecutive layers
+        and resets otherwise; exit when it reaches the patience.
+        """
+        if isinstance(policy, SimilarityPolicy):
+            holds = [[d < policy.threshold for d in per_window] for per_window in self._divergences(policy.variant)]
+        elif isinstance(policy, PatiencePolicy):
+            holds = [[[a[i] == a[i - 1] for i in range(1, len(a))] for a in per_window]
+                     for per_window in self._answers(policy.max_answer_len)]
+        else:
+            return None
+        out = []
+        for per_window in holds:
+            exits = []
+            for cond in per_window:
+                count, exit_at = 0, (self.num_layers, False)
+                for i, ok in enumerate(cond):  # cond[i]: between layers i+1 and i+2
+                    count = count + 1 if ok else 0
+                    if count >= policy.patience:
+                        exit_at = (i + 2, True)
+                        break
+                exits.append(exit_at)
+            out.append(exits)
+        return out
 
 def record(runtime, examples: Sequence[Example], batch_size: int = 32) -> Recorded:
     """Run ``runtime`` once over ``examples`` (every layer), keeping every exit's logits."""

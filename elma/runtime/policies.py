@@ -121,7 +121,7 @@ class PatiencePolicy(ExitPolicy):
             raise ValueError(f"patience must be >= 1 (got {self.patience})")
 
     def decide(self, layer, start_logits, end_logits, mask=None, state=None) -> ExitDecision:
-        answer = _decoded_answer(start_logits, end_logits, mask, self.max_answer_len)
+        answer = decoded_answer(start_logits, end_logits, mask, self.max_answer_len)
         previous, count = state if state is not None else (None, 0)
         count = count + 1 if answer == previous else 0
         return ExitDecision(count >= self.patience, float(count),
@@ -132,7 +132,7 @@ class PatiencePolicy(ExitPolicy):
         return f"patience:{self.patience}"
 
 
-def _decoded_answer(start, end, mask, max_answer_len: int) -> Tuple[int, int]:
+def decoded_answer(start, end, mask, max_answer_len: int) -> Tuple[int, int]:
     """(start, end) token span, or (0, 0) for no answer; CLS is position 0."""
     start = np.asarray(start, dtype=np.float32)
     end = np.asarray(end, dtype=np.float32)

@@ -103,3 +103,22 @@ def _decide(recorded, policy, logits, mask):
         if policy.decide(layer, logits[layer - 1, 0], logits[layer - 1, 1], mask).exit:
             return (layer, True)
     return (recorded.num_layers, False)
+
+
+def test_counting_policies_fast_path_equals_deciding_layer_by_layer(bundle, examples):
+    with Runtime.open(bundle, policy="none") as rt:
+        recorded = record(rt, examples)
+    for policy in recorded.grid("patience") + recorded.grid("similarity")[::3]:
+        decided = [[_decide_stateful(recorded, policy, lg, m) for lg, m in zip(q.logits, q.answer_masks)]
+                   for q in recorded.questions]
+        assert recorded.window_exits(policy) == decided, policy.spec
+
+
+def _decide_stateful(recorded, policy, logits, mask):
+    state = None
+    for layer in range(1, recorded.num_layers + 1):
+        d = policy.decide(layer, logits[layer - 1, 0], logits[layer - 1, 1], mask, state)
+        state = d.state
+        if d.exit:
+            return (layer, True)
+    return (recorded.num_layers, False)
