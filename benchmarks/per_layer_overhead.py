@@ -15,12 +15,18 @@ and prints one JSON object with medians and ``chain_over_fused`` (the issue's ta
 Do not compare numbers from different machines or loads.
 
     python benchmarks/per_layer_overhead.py BUNDLE [--repeats 200] [--threads 2] [--policy entropy:0.4,0.4]
+    python benchmarks/per_layer_overhead.py BUNDLE --sweep     # every intra-op thread count x spinning on/off
+
+``--sweep`` runs the comparison for intra-op threads 1, 2, ..., the core count and 0 (onnxruntime's
+default), each with spinning off and on, and prints every report plus the set-up with the lowest
+``chain_ms``: the evidence for ``OrtOptions``' defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -110,9 +116,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     p.add_argument("--allow-spinning", action="store_true", help="onnxruntime's default thread spinning (for comparison)")
     p.add_argument("--policy", default="entropy:0.4,0.4", help="policy whose decision is timed in the chain")
+    p.add_argument("--sweep", action="store_true", help="try every thread count with spinning off and on")
     args = p.parse_args(argv)
-    report = measure(args.bundle, args.repeats, args.warmup, args.threads, args.allow_spinning, args.policy)
-    print(json.dumps(asdict(report), indent=2))
+    if not args.sweep:
+        report = measure(args.bundle, args.repeats, args.warmup, args.threads, args.allow_spinning, args.policy)
+        print(json.dumps(asdict(report), indent=2))
+        return 0
+    cores = os.cpu_count() or 1
+    reports = [measure(args.bundle, args.repeats, args.warmup, threads, spinning, args.policy)
+               for threads in sorted(set(range(1, cores + 1))) + [0] for spinning in (False, True)]
+    best = min(reports, key=lambda r: r.chain_ms)
+    print(json.dumps({"reports": [asdict(r) for r in reports],
+                      "fastest_chain": {"intra_op_threads": best.intra_op_threads, "allow_spinning": best.allow_spinning,
+                                        "chain_ms": best.chain_ms, "chain_over_fused": best.chain_over_fused}}, indent=2))
     return 0
 
 

@@ -18,3 +18,11 @@ def test_reports_fused_chain_and_decision_times(tiny_bundles, capsys):
     assert report["fused_ms"] > 0 and report["chain_ms"] > 0 and report["decision_ms"] > 0
     assert report["chain_over_fused"] == pytest.approx(report["chain_ms"] / report["fused_ms"])
     assert sorted(report["static_ms"]) == ["1", "2", "3"]
+
+
+def test_sweep_reports_every_set_up(tiny_bundles, capsys, monkeypatch):
+    monkeypatch.setattr(per_layer_overhead.os, "cpu_count", lambda: 1)
+    assert per_layer_overhead.main([str(tiny_bundles.bundle("bert")), "--sweep", "--repeats", "2", "--warmup", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["intra_op_threads"], r["allow_spinning"]) for r in out["reports"]] == [(1, False), (1, True), (0, False), (0, True)]
+    assert out["fastest_chain"]["chain_ms"] == min(r["chain_ms"] for r in out["reports"])
