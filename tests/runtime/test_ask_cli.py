@@ -147,3 +147,8 @@ def test_main_exit_codes_and_no_traceback(bundle):
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     proc = run_cli(QUESTION, "--bogus-flag")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_a_terminal_without_context_is_a_usage_error(ask, bundle):
+    code, out, err = ask([QUESTION, "--model", bundle], tty=True)
+    assert code == 2 and "no context" in err and out == ""

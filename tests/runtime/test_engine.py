@@ -139,3 +139,40 @@ def test_bad_policies_and_layers_are_refused(tiny_bundles):
             with pytest.raises(ValueError, match="max_layer must be in 1..3"):
                 rt.ask(*QUESTIONS[0], max_layer=bad)
         assert rt.ask_batch([]) == []
+
+
+class Spy:
+    """Wraps a backend and records the batch shape every layer step runs on."""
+
+    def __init__(self, backend):
+        self.inner, self.shapes = backend, []
+        self.name, self.num_layers, self.thread_safe = backend.name, backend.num_layers, backend.thread_safe
+
+    def embed(self, ids, types):
+        return self.inner.embed(ids, types)
+
+    def run_layer(self, slot, hidden, mask):
+        self.shapes.append((slot, hidden.shape[0], hidden.shape[1], mask.shape))
+        return self.inner.run_layer(slot, hidden, mask)
+
+    def run_exit(self, slot, hidden, mask):
+        return self.inner.run_exit(slot, hidden, mask)
+
+    def select_rows(self, hidden, rows, width):
+        return self.inner.select_rows(hidden, rows, width)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_only_unfinished_rows_run_the_next_layer(tiny_bundles):
+    rt = Runtime.open(tiny_bundles.bundle("bert"))
+    policy = mixed_entropy_policy(rt)
+    spy = Spy(rt.backend)
+    rt.backend = spy
+    answers = rt.ask_batch(QUESTIONS, policy=policy)
+    for slot, rows, width, mask_shape in spy.shapes:
+        unfinished = [a for a in answers if a.exit_layer > slot]
+        assert rows == len(unfinished) and mask_shape == (rows, width)
+    assert spy.shapes[0][1] == len(QUESTIONS) > spy.shapes[-1][1], spy.shapes
+    rt.close()
