@@ -125,9 +125,9 @@ def test_model_errors_exit_3(ask, tmp_path, bundle):
 
 
 def run_cli(*argv, stdin=None, block_torch=False):
-    prelude = "import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; " if block_torch else ""
-    code = prelude + "from elma.ask_cli import main; sys.exit(main(sys.argv[1:]))" if block_torch else \
-        "import sys; from elma.ask_cli import main; sys.exit(main(sys.argv[1:]))"
+    """elma-ask in a fresh interpreter; ``block_torch`` makes torch and onnxruntime unimportable."""
+    block = "sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; " if block_torch else ""
+    code = f"import sys; {block}from elma.ask_cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *argv], input=stdin, capture_output=True, text=True, env=env,
                           cwd=str(ROOT), timeout=120)
