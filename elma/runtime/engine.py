@@ -252,7 +252,11 @@ class Runtime:
             from elma.runtime.backends import TorchBackend
 
             impl = TorchBackend(path, **backend_options)
-        return cls(impl, info, policy)
+        try:
+            return cls(impl, info, policy)
+        except BaseException:
+            impl.close()
+            raise
 
     # ---- public API -----------------------------------------------------------------------------------------
 
