@@ -1,0 +1,125 @@
+"""``elma-bench``: benchmark a bundle or model folder on a SQuAD 2.0 file and write a report folder.
+
+    elma-bench bundles/minilm --data dev-v2.0.json --policy entropy:0.4,0.4 --report-dir reports/minilm
+    elma-bench bundles/minilm --data dev-v2.0.json --limit 500 --repeat 3 --sweep --report-dir reports/sweep
+
+Exit codes: 0 done, 2 usage or input error (missing file, not SQuAD, no questions, bad policy; no report is
+written), 3 model or bundle error. Errors are one line on stderr. Only the standard library is imported at
+module level, so ``elma-bench --help`` works without onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from elma.errors import DataError, ElmaError
+
+PROG = "elma-bench"
+EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
+BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")
+logger = logging.getLogger(PROG)
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Benchmark an early-exit QA model on a SQuAD 2.0 file: official "
+                                "metrics, exit histogram, latency, memory, baselines, policy sweep and roofline.",
+                                epilog="Exit codes: 0 done, 2 usage or input error (no report written), 3 model error.")
+    p.add_argument("model", metavar="MODEL_OR_BUNDLE", help="bundle folder, or an ELMA model folder (torch backend)")
+    p.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD 1.1/2.0 JSON with gold answers")
+    p.add_argument("--policy", metavar="SPEC", help="exit policy (entropy:0.4,0.4, maxprob:0.9, patience:2, "
+                   "similarity:bikl,0.05,2, static:3, none); default: the bundle's calibrated policy, else none")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
+    p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="timed passes of the policy (spread reported)")
+    p.add_argument("--sweep", action="store_true", help="every policy over a parameter grid: Pareto front and plots")
+    p.add_argument("--no-baselines", action="store_true", help="skip fused ONNX, static:k and PyTorch eager baselines")
+    p.add_argument("--torch-model", metavar="DIR", help="ELMA model folder of the bundle, for the PyTorch eager baseline")
+    p.add_argument("--ffn-size", type=int, metavar="N", help="feed-forward width for the FLOPs count (default: "
+                   "config.json, else 4 x hidden)")
+    p.add_argument("--predictions-out", metavar="P.json", help="official-format predictions (id -> text)")
+    p.add_argument("--na-probs-out", metavar="NA.json", help="official-format no-answer probabilities (id -> p)")
+    p.add_argument("--report-dir", metavar="DIR", help="report folder (report.json, report.md, predictions, plots)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _config(args):
+    from elma.bench.runner import BenchConfig
+    from elma.runtime.policies import parse_policy
+
+    if args.policy is not None:
+        try:
+            parse_policy(args.policy)
+        except ValueError as err:
+            raise UsageError(f"--policy: {err}") from err
+    if not Path(args.model).exists():
+        raise UsageError(f"{args.model}: no such bundle or model folder")
+    if args.torch_model is not None and not Path(args.torch_model, "config.json").is_file():
+        raise UsageError(f"--torch-model {args.torch_model}: not an ELMA model folder (no config.json)")
+    try:
+        return BenchConfig(model=str(args.model), data=str(args.data), policy=args.policy, backend=args.backend,
+                           limit=args.limit, repeat=args.repeat, sweep=args.sweep, baselines=not args.no_baselines,
+                           torch_model=args.torch_model, ffn_size=args.ffn_size, progress=not args.no_progress)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def summary_line(report) -> str:
+    r = report.result
+    return (f"{report.questions} questions, policy {report.policy}: EM {r.metrics['exact']:.2f} F1 {r.metrics['f1']:.2f}, "
+            f"mean exit layer {r.mean_exit_layer:.2f}/{report.num_layers} (saving {100 * r.computation_saving:.1f}%), "
+            f"latency mean {r.latency.mean_ms:.2f} ms p50 {r.latency.p50_ms:.2f} p90 {r.latency.p90_ms:.2f} "
+            f"p99 {r.latency.p99_ms:.2f}, {r.throughput_qps:.2f} questions/s")
+
+
+def run(args) -> int:
+    from elma.bench.runner import load_examples, run_bench
+
+    cfg = _config(args)
+    examples = load_examples(cfg.data, cfg.limit)  # DataError (exit 2) before the model is loaded
+    try:
+        result = run_bench(cfg, examples, on_stage=lambda s: logger.info("%s", s))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    from elma.bench.report import write_json_file, write_report
+
+    if args.report_dir:
+        write_report(result, Path(args.report_dir))
+    if args.predictions_out:
+        write_json_file(Path(args.predictions_out), result.predictions)
+    if args.na_probs_out:
+        write_json_file(Path(args.na_probs_out), result.na_probs)
+    print(summary_line(result.report))
+    if args.report_dir:
+        print(f"report: {args.report_dir}")
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)  # argparse exits with 2 on bad usage
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (UsageError, DataError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ElmaError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The report folder: report.json, report.md, predictions, no-answer probabilities and (with a sweep) plots.
+
+The folder is written under a temporary name beside the target and renamed into place once every file is
+there, so a failed run leaves no partial report; an existing report at the target is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from elma.bench.runner import BenchReport, BenchRun, ConfigResult, SweepPoint
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PREDICTIONS = "predictions.json"
+NA_PROBS = "na_probs.json"
+PLOT_LAYERS = "pareto_f1_vs_layers.png"
+PLOT_LATENCY = "pareto_f1_vs_latency.png"
+
+
+def _json_safe(obj):
+    """Infinities and NaN become null (strict JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> List[str]:
+    return [_row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
+
+
+def _config_rows(configs: Sequence[ConfigResult]) -> List[List[object]]:
+    return [[c.name, c.latency_source, f"{c.metrics['exact']:.2f}", f"{c.metrics['f1']:.2f}", f"{c.mean_exit_layer:.2f}",
+             f"{100 * c.computation_saving:.1f}%", f"{c.latency.mean_ms:.2f}", f"{c.latency.p50_ms:.2f}",
+             f"{c.latency.p90_ms:.2f}", f"{c.latency.p99_ms:.2f}", f"{c.throughput_qps:.2f}"] for c in configs]
+
+
+CONFIG_HEADER = ["configuration", "latency", "EM", "F1", "mean exit layer", "saving", "mean ms", "p50 ms", "p90 ms",
+                 "p99 ms", "questions/s"]
+
+
+def markdown(report: BenchReport) -> str:
+    r = report.result
+    lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
+             f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
+             f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms, peak resident "
+             f"memory {report.peak_rss_mb:.0f} MiB.", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
+    lines += _table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in r.metrics.items()])
+    lines += ["## Exits", "", f"Mean exit layer {r.mean_exit_layer:.3f} of {report.num_layers}; expected computation "
+              f"saving {100 * r.computation_saving:.1f}% (1 - mean layers / L); unsolved {100 * r.unsolved_rate:.1f}%.", ""]
+    lines += _table(["exit layer", "questions"], [[i + 1, n] for i, n in enumerate(r.exit_histogram)])
+    rep = report.repeats
+    lines += ["## Latency and repeats", "", f"{rep.repeats} timed pass(es) at batch 1; mean latency per pass (ms): "
+              f"min {rep.min_mean_latency_ms:.2f}, median {rep.median_mean_latency_ms:.2f}, max {rep.max_mean_latency_ms:.2f}; "
+              f"metrics identical across passes: {'yes' if rep.metrics_identical else 'NO'}.", ""]
+    lines += _table(CONFIG_HEADER, _config_rows([r]))
+    if report.baselines:
+        lines += ["## Baselines", "", "\"derived\" latency: measured non-layer time plus measured per-layer step times "
+                  "of a full-depth pass, up to the exit layer (see elma/bench/runner.py).", ""]
+        lines += _table(CONFIG_HEADER, _config_rows(report.baselines))
+    if report.sweep:
+        front = sorted((p for p in report.sweep if p.pareto_layers), key=lambda p: (p.mean_layers, -p.f1))
+        same: Dict[tuple, List[SweepPoint]] = {}  # settings with the same (mean layers, F1): one row, the others counted
+        for p in front:
+            same.setdefault((p.mean_layers, p.f1), []).append(p)
+        lines += ["## Sweep: Pareto front (F1 vs mean exit layer)", "",
+                  f"{len(report.sweep)} settings simulated on recorded logits; {len(front)} on the front (settings with "
+                  f"equal mean layers and F1 share a row). Latency derived; every point is in report.json.", ""]
+        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (derived)", "unsolved", "equivalent settings"],
+                        [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.exact:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_latency_ms:.2f}",
+                          f"{100 * p.unsolved_rate:.1f}%", len(group) - 1] for group in same.values() for p in group[:1]])
+    if report.roofline:
+        roof = report.roofline
+        lines += ["## Roofline", "", f"Measured float32 matmul peak {roof.peak.gflops_per_s:.1f} GFLOP/s "
+                  f"({roof.peak.n}x{roof.peak.n}, best of {roof.peak.repeats}); hidden {roof.hidden_size}, FFN "
+                  f"{roof.ffn_size} ({roof.ffn_size_source}); mean window {roof.mean_window_tokens:.1f} tokens. "
+                  "FLOPs per layer = 8TH^2 + 4T^2H + 4THF + 4TH (elma/bench/roofline.py).", ""]
+        lines += _table(["configuration", "GFLOP/question", "bound ms", "mean ms", "x bound"],
+                        [[x.name, f"{x.mean_gflops_per_question:.4f}", f"{x.latency_bound_ms:.3f}", f"{x.mean_latency_ms:.2f}",
+                          f"{x.distance_x:.1f}"] for x in roof.rows])
+    if report.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
+    lines += ["## Machine", "", *(f"- {k}: {v}" for k, v in {**report.machine, **report.versions}.items()), ""]
+    return "\n".join(lines)
+
+
+def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
+    """F1 vs mean layers and F1 vs derived latency, one line per policy, front marked. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for fname, key, front_key, xlabel in ((PLOT_LAYERS, "mean_layers", "pareto_layers", "mean exit layer"),
+                                          (PLOT_LATENCY, "mean_latency_ms", "pareto_latency", "mean latency, ms (derived)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        by_policy: Dict[str, List[SweepPoint]] = {}
+        for p in points:
+            by_policy.setdefault(p.policy, []).append(p)
+        for name, pts in by_policy.items():
+            pts = sorted(pts, key=lambda p: getattr(p, key))
+            ax.plot([getattr(p, key) for p in pts], [p.f1 for p in pts], marker=".", linewidth=1, label=name)
+        front = sorted((p for p in points if getattr(p, front_key)), key=lambda p: getattr(p, key))
+        ax.plot([getattr(p, key) for p in front], [p.f1 for p in front], "k--", linewidth=1, label="Pareto front")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("F1 (SQuAD 2.0)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+    return written
+
+
+def write_report(run: BenchRun, target: Path) -> Path:
+    """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(target.parent)))
+    try:
+        report = run.report
+        if report.sweep:
+            try:
+                plot_sweep(report.sweep, tmp)
+            except ImportError:
+                report.notes.append("plots skipped: matplotlib is not installed (pip install 'elma[bench]')")
+        (tmp / PREDICTIONS).write_text(json.dumps(run.predictions, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / NA_PROBS).write_text(json.dumps(run.na_probs, indent=1) + "\n", encoding="utf-8")
+        (tmp / REPORT_JSON).write_text(json.dumps(_json_safe(report.to_dict()), indent=2, ensure_ascii=False, allow_nan=False)
+                                       + "\n", encoding="utf-8")
+        (tmp / REPORT_MD).write_text(markdown(report), encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
+            os.rmdir(old)
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def write_json_file(path: Path, obj: object) -> None:
+    """A predictions or no-answer-probabilities file, atomically."""
+    from elma.fsutil import write_json
+
+    write_json(Path(path), obj)

@@ -1,0 +1,175 @@
+"""elma-bench on a tiny bundle: official metrics on the written files, exits, repeats, baselines, sweep front,
+roofline, and bad input refused with exit 2 and no report.
+
+One full run (repeat 2, sweep, baselines with the PyTorch eager model) is shared by the module's tests.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from conftest import squad_payload  # noqa: E402
+
+from elma.bench.cli import main  # noqa: E402
+from elma.bench.runner import pareto_front  # noqa: E402
+from elma.metrics.squad_v2 import evaluate_files  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny-squad.json"
+    path.write_text(json.dumps(squad_payload(copies=2)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_bundles, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    report_dir = out / "report"
+    argv = [str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "entropy:0.8,0.8", "--repeat", "2",
+            "--sweep", "--torch-model", str(tiny_bundles.model("bert")), "--report-dir", str(report_dir),
+            "--predictions-out", str(out / "p.json"), "--na-probs-out", str(out / "na.json"), "--no-progress"]
+    assert main(argv) == 0
+    return out, report_dir, json.loads((report_dir / "report.json").read_text())
+
+
+def test_report_files_exist_and_parse(full_run):
+    out, report_dir, report = full_run
+    names = {p.name for p in report_dir.iterdir()}
+    assert {"report.json", "report.md", "predictions.json", "na_probs.json", "pareto_f1_vs_layers.png",
+            "pareto_f1_vs_latency.png"} <= names
+    assert not [p for p in report_dir.parent.iterdir() if p.name.startswith(".report")], "no temporary folder left"
+    md = (report_dir / "report.md").read_text()
+    for heading in ("## Official SQuAD 2.0 metrics", "## Exits", "## Baselines", "## Sweep", "## Roofline"):
+        assert heading in md
+    assert (report_dir / "pareto_f1_vs_layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "p.json").read_text()) == json.loads((report_dir / "predictions.json").read_text())
+    assert report["model_load_ms"] > 0 and report["peak_rss_mb"] > 0 and report["questions"] == 12
+
+
+def test_metrics_equal_the_official_scorer_on_the_written_files(full_run, data):
+    out, _, report = full_run
+    official = evaluate_files(data, out / "p.json", out / "na.json")
+    assert dict(official) == pytest.approx(report["result"]["metrics"])
+    probs = json.loads((out / "na.json").read_text())
+    preds = json.loads((out / "p.json").read_text())
+    assert all((probs[q] > 0.5) == (preds[q] == "") for q in preds), "na_prob above 0.5 exactly for no-answer"
+
+
+def test_histogram_and_saving(full_run):
+    _, _, report = full_run
+    r = report["result"]
+    assert sum(r["exit_histogram"]) == report["questions"] and len(r["exit_histogram"]) == report["num_layers"]
+    mean = sum((i + 1) * n for i, n in enumerate(r["exit_histogram"])) / report["questions"]
+    assert r["mean_exit_layer"] == pytest.approx(mean)
+    assert r["computation_saving"] == pytest.approx(1 - mean / report["num_layers"])
+    lat = r["latency"]
+    assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert r["throughput_qps"] > 0
+
+
+def test_repeats_give_identical_metrics_and_a_spread(full_run):
+    rep = full_run[2]["repeats"]
+    assert rep["repeats"] == 2 and len(rep["mean_latency_ms"]) == 2 and rep["metrics_identical"] is True
+    assert rep["min_mean_latency_ms"] <= rep["median_mean_latency_ms"] <= rep["max_mean_latency_ms"]
+
+
+def test_baselines_static_at_every_layer_and_full_depth_agree(full_run):
+    report = full_run[2]
+    by_name = {b["name"]: b for b in report["baselines"]}
+    L = report["num_layers"]
+    for k in range(1, L + 1):
+        assert by_name[f"static:{k}"]["mean_exit_layer"] == k and by_name[f"static:{k}"]["latency_source"] == "derived"
+    full = by_name["per-layer chain, full depth"]["metrics"]
+    for name in ("fused ONNX graph, full depth", "PyTorch eager, full depth (last exit)", f"static:{L}"):
+        assert by_name[name]["latency_source"] == ("derived" if name.startswith("static") else "measured")
+        assert by_name[name]["metrics"]["f1"] == pytest.approx(full["f1"]), name
+        assert by_name[name]["mean_exit_layer"] == L
+
+
+def test_sweep_front_is_non_dominated(full_run):
+    points = full_run[2]["sweep"]
+    assert {p["policy"] for p in points} == {"entropy", "maxprob", "patience", "similarity", "static"}
+    for key, flag in (("mean_layers", "pareto_layers"), ("mean_latency_ms", "pareto_latency")):
+        front = [p for p in points if p[flag]]
+        assert front
+        for p in points:
+            dominated = any(q[key] <= p[key] and q["f1"] >= p["f1"] and (q[key] < p[key] or q["f1"] > p["f1"]) for q in points)
+            assert p[flag] == (not dominated)
+
+
+def test_roofline_rows(full_run):
+    roof = full_run[2]["roofline"]
+    assert roof["peak"]["gflops_per_s"] > 0 and roof["ffn_size_source"] == "config.json"
+    names = [r["name"] for r in roof["rows"]]
+    assert names[0].startswith("policy ") and "fused ONNX graph, full depth" in names
+    for r in roof["rows"]:
+        assert r["latency_bound_ms"] > 0 and r["distance_x"] == pytest.approx(r["mean_latency_ms"] / r["latency_bound_ms"])
+
+
+def test_static_policy_gives_its_layer(tiny_bundles, data, tmp_path, capsys):
+    assert main([str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "static:2", "--limit", "5",
+                 "--no-baselines", "--no-progress", "--report-dir", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["result"]["mean_exit_layer"] == 2 and report["result"]["exit_histogram"][1] == 5
+    assert report["questions"] == 5 and report["baselines"] == [] and report["sweep"] == []
+    assert "mean exit layer 2.00" in capsys.readouterr().out
+
+
+def _bad(tmp_path, payload):
+    path = tmp_path / "bad.json"
+    path.write_text(payload)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "not-json", "not-squad", "empty", "bad-policy", "bad-limit", "no-model"])
+def test_bad_input_exits_2_without_report(case, tiny_bundles, data, tmp_path, capsys):
+    bundle, data_path, extra = str(tiny_bundles.bundle("bert")), str(data), []
+    if case == "missing":
+        data_path = str(tmp_path / "nope.json")
+    elif case == "not-json":
+        data_path = str(_bad(tmp_path, "{not json"))
+    elif case == "not-squad":
+        data_path = str(_bad(tmp_path, json.dumps({"rows": [1, 2]})))
+    elif case == "empty":
+        data_path = str(_bad(tmp_path, json.dumps({"version": "v2.0", "data": []})))
+    elif case == "bad-policy":
+        extra = ["--policy", "entropy:x"]
+    elif case == "bad-limit":
+        extra = ["--limit", "0"]
+    else:
+        bundle = str(tmp_path / "no-bundle")
+    report_dir = tmp_path / "report"
+    assert main([bundle, "--data", data_path, "--report-dir", str(report_dir), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("elma-bench: error:")
+    assert not report_dir.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+
+def test_help_needs_no_heavy_imports(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "--sweep" in capsys.readouterr().out
+
+
+def test_pareto_front_by_hand():
+    pts = [(1.0, 50.0), (2.0, 60.0), (2.0, 55.0), (3.0, 60.0), (0.5, 10.0), (1.0, 50.0)]
+    assert pareto_front(pts) == [True, True, False, False, True, True]
+
+
+def test_write_report_failure_leaves_nothing(tmp_path, monkeypatch):
+    from elma.bench import report as rep
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rep, "markdown", boom)
+    run = type("R", (), {"report": type("X", (), {"sweep": [], "notes": [], "to_dict": lambda self: {}})(),
+                         "predictions": {}, "na_probs": {}})()
+    with pytest.raises(RuntimeError):
+        rep.write_report(run, tmp_path / "out")
+    assert list(Path(tmp_path).iterdir()) == []
