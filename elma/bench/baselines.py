@@ -86,3 +86,53 @@ def torch_eager_pass(model_dir, rt, examples: Sequence[Example]):
             start, end = model(ids, mask, types)  # (L, B, T)
             out.append(_result(rt, ex, windows, start[-1].float().numpy(), end[-1].float().numpy(), t0))
     return out, time.perf_counter() - t_pass
+
+
+def hf_qa_pass(checkpoint, rt, examples: Sequence[Example]):
+    """A Hugging Face ``AutoModelForQuestionAnswering`` checkpoint in PyTorch eager, with the usual span decoding.
+
+    The ``question-answering`` pipeline is gone from transformers 5, so this does what it did: the tokenizer
+    cuts the context into overflowing windows (``truncation="only_second"``, the benchmarked model's window
+    length and stride), the model gives start/end logits per window, and the best span over the windows wins
+    against the smallest CLS score (threshold 0, the pipeline's ``handle_impossible_answer``). Decoding is the
+    runtime's ``decode_answer``, so only the model differs.
+
+    Returns:
+        (per question, wall seconds, FLOPs per question at this checkpoint's own depth and window lengths).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+
+    from elma.bench.roofline import question_flops
+    from elma.bench.runner import QuestionResult, na_prob
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    model = AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    L = int(config.num_hidden_layers)
+    hidden, ffn = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
+    geometry = rt.info.windows
+    out: List = []
+    flops: List[float] = []
+    t_pass = time.perf_counter()
+    with torch.inference_mode():
+        for ex in examples:
+            t0 = time.perf_counter()
+            enc = tokenizer(ex.question, ex.context, truncation="only_second", max_length=geometry.max_seq_length,
+                            stride=geometry.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                            padding="longest", return_tensors="pt")
+            offsets = []
+            for w in range(enc["input_ids"].shape[0]):
+                seq_ids = enc.sequence_ids(w)
+                n = int(enc["attention_mask"][w].sum())
+                offsets.append([tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w].tolist()[:n], seq_ids[:n])])
+            inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            logits = model(**inputs)
+            start, end = logits.start_logits.float().numpy(), logits.end_logits.float().numpy()  # (W, T)
+            span = decode_answer(ex.context, [s[:len(o)] for s, o in zip(start, offsets)],
+                                 [e[:len(o)] for e, o in zip(end, offsets)], offsets, 0.0)
+            ms = (time.perf_counter() - t0) * 1e3
+            out.append(QuestionResult(ex.qid, span.prediction, na_prob(span.span_score - span.null_score, 0.0), L,
+                                      (L,) * len(offsets), ms))
+            flops.append(question_flops([len(o) for o in offsets], (L,) * len(offsets), hidden, ffn))
+    return out, time.perf_counter() - t_pass, flops

@@ -56,12 +56,16 @@ CONFIG_HEADER = ["configuration", "latency", "EM", "F1", "mean exit layer", "sav
                  "p99 ms", "questions/s"]
 
 
+def _mib(value) -> str:
+    return "unknown" if value is None else f"{value:.0f} MiB"
+
+
 def markdown(report: BenchReport) -> str:
     r = report.result
     lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
              f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
              f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms, peak resident "
-             f"memory {report.peak_rss_mb:.0f} MiB.", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
+             f"memory {_mib(report.peak_rss_mb)}.", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
     lines += _table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in r.metrics.items()])
     lines += ["## Exits", "", f"Mean exit layer {r.mean_exit_layer:.3f} of {report.num_layers}; expected computation "
               f"saving {100 * r.computation_saving:.1f}% (1 - mean layers / L); unsolved {100 * r.unsolved_rate:.1f}%.", ""]

@@ -12,8 +12,9 @@ Where each number comes from:
   plus the measured per-layer step times up to the simulated exit layer, both from a timed full-depth pass.
   Policy decision costs beyond the full-depth pass's are therefore not included (``latency_source`` says
   "derived" on every such row).
-* **Fused ONNX graph** (bundles) and **PyTorch eager** (ELMA model folders, or ``torch_model``): measured,
-  batch 1, with the same windows and span decoding as the runtime.
+* **Fused ONNX graph** (bundles), **PyTorch eager** (ELMA model folders, or ``torch_model``) and a
+  **transformers ``AutoModelForQuestionAnswering``** checkpoint (``hf_qa``): measured, batch 1, with the same
+  window geometry and span decoding as the runtime (``elma.bench.baselines``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import logging
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -55,6 +55,7 @@ class BenchConfig:
     sweep: bool = False  # simulate every policy over a parameter grid; Pareto front and plots
     baselines: bool = True  # fused ONNX graph, static:k at every layer, PyTorch eager where possible
     torch_model: Optional[str] = None  # ELMA model folder for the PyTorch eager baseline of a bundle
+    hf_qa: Optional[str] = None  # Hugging Face AutoModelForQuestionAnswering checkpoint folder, as a further baseline
     ffn_size: Optional[int] = None  # feed-forward width for the FLOPs count; None: config.json, else 4 x hidden
     progress: bool = False  # tqdm bar with running F1 and ETA on stderr
 
@@ -79,6 +80,7 @@ class QuestionResult:
     window_layers: Tuple[int, ...]
     latency_ms: float
     layer_latency_ms: Tuple[float, ...] = ()  # per step run (runtime passes only)
+    unsolved: bool = False  # no exit was confident by the last layer (runtime passes with an early-exit policy)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class BenchReport:
     questions: int
     windows: int
     model_load_ms: float
-    peak_rss_mb: float  # peak resident memory of this process (ru_maxrss)
+    peak_rss_mb: Optional[float]  # peak resident memory of this process (ru_maxrss; None where unknown)
     result: ConfigResult  # the chosen policy, first timed pass
     repeats: RepeatStats
     baselines: List[ConfigResult] = field(default_factory=list)
@@ -214,8 +216,18 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[bool]:
     return out
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+def peak_rss_mb() -> Optional[float]:
+    """Peak resident memory of this process in MiB: ru_maxrss (KiB on Linux, bytes on macOS), else psutil's
+    peak working set (Windows), else None."""
+    try:
+        import resource
+    except ImportError:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        peak = getattr(psutil.Process().memory_info(), "peak_wset", None)
+        return peak / (1024 * 1024) if peak else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
@@ -264,7 +276,7 @@ def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", pro
             a = rt.ask(ex.question, ex.context, policy=policy)
             ms = (time.perf_counter() - t0) * 1e3
             out.append(QuestionResult(ex.qid, a.text, na_prob(a.score, rt.info.null_threshold(a.exit_layer)), a.exit_layer,
-                                      tuple(a.window_exit_layers), ms, tuple(a.layer_latency_ms)))
+                                      tuple(a.window_exit_layers), ms, tuple(a.layer_latency_ms), a.unsolved))
             if bar is not None:
                 f1_sum += question_f1(ex.answer_texts, a.text)
                 bar.update(1)
@@ -276,7 +288,7 @@ def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", pro
 
 
 def summarise(name: str, kind: str, source: str, examples: Sequence[Example], results: Sequence[QuestionResult],
-              num_layers: int, wall_s: Optional[float], flops: Sequence[float], unsolved_rate: float = 0.0) -> ConfigResult:
+              num_layers: int, wall_s: Optional[float], flops: Sequence[float]) -> ConfigResult:
     gold = {ex.qid: ex.answer_texts for ex in examples}
     preds = {r.qid: r.prediction for r in results}
     probs = {r.qid: r.na_prob for r in results}
@@ -287,6 +299,7 @@ def summarise(name: str, kind: str, source: str, examples: Sequence[Example], re
     mean_layer = sum(r.exit_layer for r in results) / len(results)
     lat = latency_stats([r.latency_ms for r in results])
     qps = len(results) / wall_s if wall_s else (1e3 / lat.mean_ms if lat.mean_ms > 0 else float("inf"))
+    unsolved_rate = sum(r.unsolved for r in results) / len(results)
     return ConfigResult(name, kind, source, metrics, mean_layer, 1.0 - mean_layer / num_layers, hist, lat, qps,
                         float(np.mean(flops)) / 1e9, unsolved_rate)
 
@@ -374,7 +387,6 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
             stage(f"timed pass {k + 1}/{cfg.repeat}: {policy.spec}")
             passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress))
         first, wall = passes[0]
-        unsolved = 0.0  # recomputed below from the simulation of the policy on the recorded logits
         result = summarise(f"policy {policy.spec}", "policy", "measured", examples, first, L, wall, flops_of(first))
         means = [float(np.mean([r.latency_ms for r in p])) for p, _ in passes]
         repeats = RepeatStats(cfg.repeat, means, min(means), statistics.median(means), max(means),
@@ -407,11 +419,6 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
                 baselines += _measured_baselines(cfg, rt, examples, lengths, hidden, ffn, stage, notes)
             if cfg.sweep:
                 sweep = _sweep(recorded, derived_ms, stage)
-            try:
-                unsolved = recorded.simulate(policy).unsolved_rate
-            except Exception:  # a policy object the simulator does not know: leave 0 and say so
-                notes.append("unsolved rate of the chosen policy not computed")
-            result = replace(result, unsolved_rate=unsolved)
         peak = _peak_once()
         rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak) for c in [result, *baselines]]
         roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
@@ -503,5 +510,15 @@ def _measured_baselines(cfg: BenchConfig, rt, examples, lengths, hidden: int, ff
             notes.append(f"PyTorch eager baseline skipped: {err}")
     else:
         notes.append("PyTorch eager baseline skipped: a bundle holds no PyTorch weights (pass --torch-model MODEL_FOLDER)")
-    notes.append("no AutoModelForQuestionAnswering baseline: ELMA models are multi-exit, not HF QA checkpoints")
+    if cfg.hf_qa:
+        stage("baseline: transformers AutoModelForQuestionAnswering")
+        try:
+            results, wall, flops = bl.hf_qa_pass(cfg.hf_qa, rt, examples)
+            out.append(summarise(f"transformers QA {Path(cfg.hf_qa).name}, PyTorch eager", "hf-qa", "measured", examples,
+                                 results, max(r.exit_layer for r in results), wall, flops))
+        except ImportError as err:
+            notes.append(f"transformers QA baseline skipped: {err}")
+    else:
+        notes.append("no transformers AutoModelForQuestionAnswering baseline: pass --hf-qa CHECKPOINT (an ELMA model "
+                     "is multi-exit, not an HF QA checkpoint)")
     return out

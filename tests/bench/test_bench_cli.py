@@ -26,11 +26,27 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(tiny_bundles, data, tmp_path_factory):
+def hf_checkpoint(tmp_path_factory):
+    """A tiny random BertForQuestionAnswering checkpoint with the test WordPiece tokenizer (no download)."""
+    pytest.importorskip("torch")
+    from conftest import make_wordpiece_tokenizer, tiny_config
+    from transformers import BertConfig, BertForQuestionAnswering, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hf-qa")
+    cfg = tiny_config("bert", num_hidden_layers=2)
+    cfg.pop("model_type")
+    BertForQuestionAnswering(BertConfig(**cfg)).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=make_wordpiece_tokenizer(), cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_bundles, data, hf_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     report_dir = out / "report"
     argv = [str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "entropy:0.8,0.8", "--repeat", "2",
-            "--sweep", "--torch-model", str(tiny_bundles.model("bert")), "--report-dir", str(report_dir),
+            "--sweep", "--torch-model", str(tiny_bundles.model("bert")), "--hf-qa", str(hf_checkpoint), "--report-dir", str(report_dir),
             "--predictions-out", str(out / "p.json"), "--na-probs-out", str(out / "na.json"), "--no-progress"]
     assert main(argv) == 0
     return out, report_dir, json.loads((report_dir / "report.json").read_text())
@@ -88,6 +104,13 @@ def test_baselines_static_at_every_layer_and_full_depth_agree(full_run):
         assert by_name[name]["latency_source"] == ("derived" if name.startswith("static") else "measured")
         assert by_name[name]["metrics"]["f1"] == pytest.approx(full["f1"]), name
         assert by_name[name]["mean_exit_layer"] == L
+
+
+def test_transformers_qa_baseline(full_run):
+    rows = [b for b in full_run[2]["baselines"] if b["kind"] == "hf-qa"]
+    assert len(rows) == 1 and rows[0]["latency_source"] == "measured"
+    assert rows[0]["mean_exit_layer"] == 2 and len(rows[0]["exit_histogram"]) == 2  # the checkpoint's own depth
+    assert 0 <= rows[0]["metrics"]["f1"] <= 100 and rows[0]["mean_gflops_per_question"] > 0
 
 
 def test_sweep_front_is_non_dominated(full_run):
