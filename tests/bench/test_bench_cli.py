@@ -4,6 +4,7 @@ roofline, and bad input refused with exit 2 and no report.
 One full run (repeat 2, sweep, baselines with the PyTorch eager model) is shared by the module's tests.
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -133,13 +134,16 @@ def test_roofline_rows(full_run):
         assert r["latency_bound_ms"] > 0 and r["distance_x"] == pytest.approx(r["mean_latency_ms"] / r["latency_bound_ms"])
 
 
-def test_static_policy_gives_its_layer(tiny_bundles, data, tmp_path, capsys):
+def test_static_policy_gives_its_layer_with_a_progress_bar(tiny_bundles, data, tmp_path, capsys):
     assert main([str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "static:2", "--limit", "5",
-                 "--no-baselines", "--no-progress", "--report-dir", str(tmp_path / "r")]) == 0
+                 "--no-baselines", "--report-dir", str(tmp_path / "r")]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["result"]["mean_exit_layer"] == 2 and report["result"]["exit_histogram"][1] == 5
     assert report["questions"] == 5 and report["baselines"] == [] and report["sweep"] == []
-    assert "mean exit layer 2.00" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "mean exit layer 2.00" in captured.out
+    if importlib.util.find_spec("tqdm") is not None:
+        assert "F1=" in captured.err, "the progress bar shows the running F1"
 
 
 def _bad(tmp_path, payload):
