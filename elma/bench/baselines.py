@@ -47,7 +47,7 @@ def _result(rt, ex: Example, windows, start, end, t0: float):
 
 
 def fused_pass(rt, bundle, examples: Sequence[Example]):
-    """The fused graph over ``examples``. Returns (per question, wall seconds)."""
+    """The fused graph over ``examples``. Returns (per question, wall seconds, providers the session uses)."""
     from elma.runtime.backends import OrtOptions, import_onnxruntime, session_options
 
     ort = import_onnxruntime()
@@ -64,7 +64,7 @@ def fused_pass(rt, bundle, examples: Sequence[Example]):
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         start, end = session.run(None, {k: v.astype(dtypes[k]) for k, v in feeds.items() if k in dtypes})
         out.append(_result(rt, ex, windows, start, end, t0))
-    return out, time.perf_counter() - t_pass
+    return out, time.perf_counter() - t_pass, session.get_providers()
 
 
 def torch_eager_pass(model_dir, rt, examples: Sequence[Example]):

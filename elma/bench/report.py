@@ -64,8 +64,9 @@ def markdown(report: BenchReport) -> str:
     r = report.result
     lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
              f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
-             f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms, peak resident "
-             f"memory {_mib(report.peak_rss_mb)}.", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
+             f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms; peak resident "
+             f"memory {_mib(report.peak_rss_mb)} after the timed passes, {_mib(report.peak_rss_end_mb)} at the end of "
+             f"the run (baselines, recorded logits).", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
     lines += _table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in r.metrics.items()])
     lines += ["## Exits", "", f"Mean exit layer {r.mean_exit_layer:.3f} of {report.num_layers}; expected computation "
               f"saving {100 * r.computation_saving:.1f}% (1 - mean layers / L); unsolved {100 * r.unsolved_rate:.1f}%.", ""]

@@ -156,7 +156,8 @@ class BenchReport:
     questions: int
     windows: int
     model_load_ms: float
-    peak_rss_mb: Optional[float]  # peak resident memory of this process (ru_maxrss; None where unknown)
+    peak_rss_mb: Optional[float]  # peak resident memory after loading and the timed passes (ru_maxrss; None if unknown)
+    peak_rss_end_mb: Optional[float]  # the same at the end of the run (baselines and recorded logits included)
     result: ConfigResult  # the chosen policy, first timed pass
     repeats: RepeatStats
     baselines: List[ConfigResult] = field(default_factory=list)
@@ -268,23 +269,24 @@ def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", pro
     """Every question through ``rt.ask`` at batch 1. Returns (per question, wall seconds of the pass)."""
     bar = _progress(len(examples), desc, progress)
     out: List[QuestionResult] = []
-    f1_sum = 0.0
+    f1_sum, bar_s = 0.0, 0.0
     t_pass = time.perf_counter()
     try:
         for i, ex in enumerate(examples):
             t0 = time.perf_counter()
             a = rt.ask(ex.question, ex.context, policy=policy)
-            ms = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
             out.append(QuestionResult(ex.qid, a.text, na_prob(a.score, rt.info.null_threshold(a.exit_layer)), a.exit_layer,
-                                      tuple(a.window_exit_layers), ms, tuple(a.layer_latency_ms), a.unsolved))
-            if bar is not None:
+                                      tuple(a.window_exit_layers), (t1 - t0) * 1e3, tuple(a.layer_latency_ms), a.unsolved))
+            if bar is not None:  # its time (running F1, redraw) is left out of the pass's wall time
                 f1_sum += question_f1(ex.answer_texts, a.text)
                 bar.update(1)
                 bar.set_postfix(F1=f"{100 * f1_sum / (i + 1):.1f}", refresh=False)
+                bar_s += time.perf_counter() - t1
     finally:
         if bar is not None:
             bar.close()
-    return out, time.perf_counter() - t_pass
+    return out, time.perf_counter() - t_pass - bar_s
 
 
 def summarise(name: str, kind: str, source: str, examples: Sequence[Example], results: Sequence[QuestionResult],
@@ -388,6 +390,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
             passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress))
         first, wall = passes[0]
         result = summarise(f"policy {policy.spec}", "policy", "measured", examples, first, L, wall, flops_of(first))
+        rss_timed = peak_rss_mb()
         means = [float(np.mean([r.latency_ms for r in p])) for p, _ in passes]
         repeats = RepeatStats(cfg.repeat, means, min(means), statistics.median(means), max(means),
                               [len(p) / w for p, w in passes], all(_same(first, p) for p, _ in passes[1:]))
@@ -423,7 +426,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak) for c in [result, *baselines]]
         roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
-                             len(examples), sum(len(t) for t in lengths), load_ms, peak_rss_mb(), result, repeats,
+                             len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
                              baselines, sweep, roof, notes)
     return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first})
 
@@ -493,7 +496,8 @@ def _measured_baselines(cfg: BenchConfig, rt, examples, lengths, hidden: int, ff
     if bundle is not None:
         stage("baseline: fused ONNX graph")
         try:
-            results, wall = bl.fused_pass(rt, bundle, examples)
+            results, wall, providers = bl.fused_pass(rt, bundle, examples)
+            notes.append(f"fused ONNX graph run by onnxruntime with {', '.join(providers)}")
             out.append(summarise("fused ONNX graph, full depth", "fused", "measured", examples, results, L, wall, full_flops))
         except ImportError as err:
             notes.append(f"fused ONNX baseline skipped: {err}")

@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime")
 from conftest import squad_payload  # noqa: E402
 
 from elma.bench.cli import main  # noqa: E402
-from elma.bench.runner import pareto_front  # noqa: E402
+from elma.bench.runner import pareto_front, question_f1  # noqa: E402
+from elma.data.squad import load_squad  # noqa: E402
 from elma.metrics.squad_v2 import evaluate_files  # noqa: E402
 
 
@@ -64,7 +65,8 @@ def test_report_files_exist_and_parse(full_run):
         assert heading in md
     assert (report_dir / "pareto_f1_vs_layers.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "p.json").read_text()) == json.loads((report_dir / "predictions.json").read_text())
-    assert report["model_load_ms"] > 0 and report["peak_rss_mb"] > 0 and report["questions"] == 12
+    assert report["model_load_ms"] > 0 and report["questions"] == 12
+    assert 0 < report["peak_rss_mb"] <= report["peak_rss_end_mb"]
 
 
 def test_metrics_equal_the_official_scorer_on_the_written_files(full_run, data):
@@ -74,6 +76,9 @@ def test_metrics_equal_the_official_scorer_on_the_written_files(full_run, data):
     probs = json.loads((out / "na.json").read_text())
     preds = json.loads((out / "p.json").read_text())
     assert all((probs[q] > 0.5) == (preds[q] == "") for q in preds), "na_prob above 0.5 exactly for no-answer"
+    examples = load_squad(data)
+    running = sum(question_f1(ex.answer_texts, preds[ex.qid]) for ex in examples) / len(examples)
+    assert 100 * running == pytest.approx(official["f1"]), "the progress bar's running F1 ends at the official F1"
 
 
 def test_histogram_and_saving(full_run):
