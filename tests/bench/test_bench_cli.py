@@ -205,3 +205,25 @@ def test_write_report_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         rep.write_report(run, tmp_path / "out")
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_cli_module_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, elma.bench.cli; heavy = [m for m in ('torch', 'onnxruntime', 'matplotlib', 'tqdm', 'transformers') "
+            "if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": ""})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_model_folder_runs_on_torch_with_its_eager_baseline(tiny_bundles, data, tmp_path):
+    assert main([str(tiny_bundles.model("bert")), "--data", str(data), "--limit", "3", "--policy", "maxprob:0.5",
+                 "--no-progress", "--report-dir", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["model_kind"] == "model" and report["backend"].startswith("torch")
+    kinds = {b["kind"] for b in report["baselines"]}
+    assert "torch-eager" in kinds and "fused" not in kinds
+    assert any("not a bundle" in n for n in report["notes"])
