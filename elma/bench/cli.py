@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="timed passes of the policy (spread reported)")
     p.add_argument("--sweep", action="store_true", help="every policy over a parameter grid: Pareto front and plots")
+    p.add_argument("--measure-front", action="store_true", help="with --sweep: time each distinct setting on the "
+                   "Pareto front for real (one more pass each), beside its derived latency")
     p.add_argument("--no-baselines", action="store_true", help="skip fused ONNX, static:k and PyTorch eager baselines")
     p.add_argument("--torch-model", metavar="DIR", help="ELMA model folder of the bundle, for the PyTorch eager baseline")
     p.add_argument("--hf-qa", metavar="DIR", help="a Hugging Face question-answering checkpoint folder, run through "
@@ -67,12 +69,15 @@ def _config(args):
         raise UsageError(f"{args.model}: no such bundle or model folder")
     if args.torch_model is not None and not Path(args.torch_model, "config.json").is_file():
         raise UsageError(f"--torch-model {args.torch_model}: not an ELMA model folder (no config.json)")
+    if args.measure_front and not args.sweep:
+        raise UsageError("--measure-front times the points of a sweep: add --sweep")
     if args.hf_qa is not None and not Path(args.hf_qa, "config.json").is_file():
         raise UsageError(f"--hf-qa {args.hf_qa}: not a Hugging Face checkpoint folder (no config.json)")
     try:
         return BenchConfig(model=str(args.model), data=str(args.data), policy=args.policy, backend=args.backend,
-                           limit=args.limit, repeat=args.repeat, sweep=args.sweep, baselines=not args.no_baselines,
-                           torch_model=args.torch_model, hf_qa=args.hf_qa, ffn_size=args.ffn_size, progress=not args.no_progress)
+                           limit=args.limit, repeat=args.repeat, sweep=args.sweep, measure_front=args.measure_front,
+                           baselines=not args.no_baselines, torch_model=args.torch_model, hf_qa=args.hf_qa,
+                           ffn_size=args.ffn_size, progress=not args.no_progress)
     except ValueError as err:
         raise UsageError(str(err)) from err
 

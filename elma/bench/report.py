@@ -88,8 +88,10 @@ def markdown(report: BenchReport) -> str:
         lines += ["## Sweep: Pareto front (F1 vs mean exit layer)", "",
                   f"{len(report.sweep)} settings simulated on recorded logits; {len(front)} on the front (settings with "
                   f"equal mean layers and F1 share a row). Latency derived; every point is in report.json.", ""]
-        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (derived)", "unsolved", "equivalent settings"],
+        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (derived)", "mean ms (measured)", "unsolved",
+                         "equivalent settings"],
                         [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.exact:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_latency_ms:.2f}",
+                          "-" if p.measured_latency_ms is None else f"{p.measured_latency_ms:.2f}",
                           f"{100 * p.unsolved_rate:.1f}%", len(group) - 1] for group in same.values() for p in group[:1]])
     if report.roofline:
         roof = report.roofline

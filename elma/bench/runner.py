@@ -53,6 +53,7 @@ class BenchConfig:
     limit: Optional[int] = None  # first N questions of the file; None: all
     repeat: int = 1  # timed passes of the chosen policy (spread reported)
     sweep: bool = False  # simulate every policy over a parameter grid; Pareto front and plots
+    measure_front: bool = False  # with sweep: also time each distinct setting on the F1-vs-layers front for real
     baselines: bool = True  # fused ONNX graph, static:k at every layer, PyTorch eager where possible
     torch_model: Optional[str] = None  # ELMA model folder for the PyTorch eager baseline of a bundle
     hf_qa: Optional[str] = None  # Hugging Face AutoModelForQuestionAnswering checkpoint folder, as a further baseline
@@ -132,6 +133,8 @@ class SweepPoint:
     unsolved_rate: float
     pareto_layers: bool  # on the front of (max F1, min mean layers) over every point
     pareto_latency: bool  # on the front of (max F1, min mean latency)
+    measured_latency_ms: Optional[float] = None  # with --measure-front: a real timed pass of this setting
+    measured_f1: Optional[float] = None  # F1 of that pass (equals ``f1``: the simulation is exact)
 
 
 @dataclass(frozen=True)
@@ -422,6 +425,8 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
                 baselines += _measured_baselines(cfg, rt, examples, lengths, hidden, ffn, stage, notes)
             if cfg.sweep:
                 sweep = _sweep(recorded, derived_ms, stage)
+                if cfg.measure_front:
+                    sweep = _measure_front(rt, examples, sweep, stage, cfg.progress)
         peak = _peak_once()
         rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak) for c in [result, *baselines]]
         roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
@@ -484,6 +489,28 @@ def _sweep(recorded, derived_ms, stage) -> List[SweepPoint]:
     front_latency = pareto_front([(ms, s.f1) for _, s, ms in raw])
     return [SweepPoint(name, s.spec, s.f1, s.exact, s.mean_layers, ms, s.unsolved_rate, fl, ft)
             for (name, s, ms), fl, ft in zip(raw, front_layers, front_latency)]
+
+
+def _measure_front(rt, examples, points: List[SweepPoint], stage, progress: bool) -> List[SweepPoint]:
+    """A timed pass for each distinct (mean layers, F1) setting on the F1-vs-layers front: measured next to derived."""
+    from dataclasses import replace
+
+    from elma.runtime.policies import parse_policy
+
+    gold = {ex.qid: ex.answer_texts for ex in examples}
+    done: Dict[Tuple[float, float], Tuple[float, float]] = {}
+    out = []
+    for p in points:
+        key = (p.mean_layers, p.f1)
+        if p.pareto_layers and key not in done:
+            stage(f"sweep: timing front point {p.spec}")
+            results, _ = timed_pass(rt, examples, parse_policy(p.spec), p.spec, progress)
+            f1 = float(squad_v2_scores(gold, {r.qid: r.prediction for r in results})["f1"])
+            done[key] = (float(np.mean([r.latency_ms for r in results])), f1)
+        if p.pareto_layers:
+            p = replace(p, measured_latency_ms=done[key][0], measured_f1=done[key][1])
+        out.append(p)
+    return out
 
 
 def _measured_baselines(cfg: BenchConfig, rt, examples, lengths, hidden: int, ffn: int, stage, notes: List[str]) -> List[ConfigResult]:

@@ -48,7 +48,8 @@ def full_run(tiny_bundles, data, hf_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     report_dir = out / "report"
     argv = [str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "entropy:0.8,0.8", "--repeat", "2",
-            "--sweep", "--torch-model", str(tiny_bundles.model("bert")), "--hf-qa", str(hf_checkpoint), "--report-dir", str(report_dir),
+            "--sweep", "--measure-front", "--torch-model", str(tiny_bundles.model("bert")), "--hf-qa", str(hf_checkpoint),
+            "--report-dir", str(report_dir),
             "--predictions-out", str(out / "p.json"), "--na-probs-out", str(out / "na.json"), "--no-progress"]
     assert main(argv) == 0
     return out, report_dir, json.loads((report_dir / "report.json").read_text())
@@ -130,6 +131,16 @@ def test_sweep_front_is_non_dominated(full_run):
             assert p[flag] == (not dominated)
 
 
+def test_front_points_timed_for_real_match_the_simulation(full_run):
+    points = full_run[2]["sweep"]
+    measured = [p for p in points if p["measured_latency_ms"] is not None]
+    assert measured and all(p["pareto_layers"] for p in measured)
+    assert len(measured) == len([p for p in points if p["pareto_layers"]])
+    for p in measured:
+        assert p["measured_f1"] == pytest.approx(p["f1"]), p["spec"]
+        assert p["measured_latency_ms"] > 0
+
+
 def test_roofline_rows(full_run):
     roof = full_run[2]["roofline"]
     assert roof["peak"]["gflops_per_s"] > 0 and roof["ffn_size_source"] == "config.json"
@@ -157,7 +168,10 @@ def _bad(tmp_path, payload):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing", "not-json", "not-squad", "empty", "bad-policy", "bad-limit", "no-model"])
+BAD_CASES = ["missing", "not-json", "not-squad", "empty", "bad-policy", "bad-limit", "front-without-sweep", "no-model"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_exits_2_without_report(case, tiny_bundles, data, tmp_path, capsys):
     bundle, data_path, extra = str(tiny_bundles.bundle("bert")), str(data), []
     if case == "missing":
@@ -172,6 +186,8 @@ def test_bad_input_exits_2_without_report(case, tiny_bundles, data, tmp_path, ca
         extra = ["--policy", "entropy:x"]
     elif case == "bad-limit":
         extra = ["--limit", "0"]
+    elif case == "front-without-sweep":
+        extra = ["--measure-front"]
     else:
         bundle = str(tmp_path / "no-bundle")
     report_dir = tmp_path / "report"
