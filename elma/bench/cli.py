@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "AutoModelForQuestionAnswering as a further full-depth baseline")
     p.add_argument("--ffn-size", type=int, metavar="N", help="feed-forward width for the FLOPs count (default: "
                    "config.json, else 4 x hidden)")
+    p.add_argument("--power-source", metavar="SOURCE", help="measure board energy of each timed pass with elma.power "
+                   "(tegrastats, ina3221[:ROOT], jtop, keysight:RESOURCE[@CH], tegrastats-log:FILE, null, auto)")
+    p.add_argument("--power-interval-ms", type=int, default=100, metavar="MS", help="power sampling period (default 100)")
     p.add_argument("--predictions-out", metavar="P.json", help="official-format predictions (id -> text)")
     p.add_argument("--na-probs-out", metavar="NA.json", help="official-format no-answer probabilities (id -> p)")
     p.add_argument("--report-dir", metavar="DIR", help="report folder (report.json, report.md, predictions, plots)")
@@ -77,7 +80,8 @@ def _config(args):
         return BenchConfig(model=str(args.model), data=str(args.data), policy=args.policy, backend=args.backend,
                            limit=args.limit, repeat=args.repeat, sweep=args.sweep, measure_front=args.measure_front,
                            baselines=not args.no_baselines, torch_model=args.torch_model, hf_qa=args.hf_qa,
-                           ffn_size=args.ffn_size, progress=not args.no_progress)
+                           ffn_size=args.ffn_size, progress=not args.no_progress, power_source=args.power_source,
+                           power_interval_ms=args.power_interval_ms)
     except ValueError as err:
         raise UsageError(str(err)) from err
 

@@ -102,6 +102,17 @@ def markdown(report: BenchReport) -> str:
         lines += _table(["configuration", "GFLOP/question", "bound ms", "mean ms", "x bound"],
                         [[x.name, f"{x.mean_gflops_per_question:.4f}", f"{x.latency_bound_ms:.3f}", f"{x.mean_latency_ms:.2f}",
                           f"{x.distance_x:.1f}"] for x in roof.rows])
+    if report.energy:
+        e = report.energy
+
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+
+        lines += ["## Energy (timed passes)", "", f"Source {e.source}, sampled every {e.interval_ms} ms; one measurement "
+                  "window per timed pass (elma.power).", ""]
+        lines += _table(["pass", "energy per question mJ", "mean power mW", "coverage"],
+                        [[i + 1, fmt(q, ".2f"), fmt(p, ".0f"), fmt(w.coverage, ".0%")]
+                         for i, (q, p, w) in enumerate(zip(e.energy_per_question_mj, e.mean_power_mw, e.windows))])
     if report.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
     lines += ["## Machine", "", *(f"- {k}: {v}" for k, v in {**report.machine, **report.versions}.items()), ""]

@@ -19,6 +19,7 @@ Where each number comes from:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -59,12 +60,16 @@ class BenchConfig:
     hf_qa: Optional[str] = None  # Hugging Face AutoModelForQuestionAnswering checkpoint folder, as a further baseline
     ffn_size: Optional[int] = None  # feed-forward width for the FLOPs count; None: config.json, else 4 x hidden
     progress: bool = False  # tqdm bar with running F1 and ETA on stderr
+    power_source: Optional[str] = None  # elma.power source spec (tegrastats, ina3221, jtop, keysight:..., null); None: none
+    power_interval_ms: int = 100  # sampling period of the power source, ms
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1 (got {self.repeat})")
+        if self.power_interval_ms <= 0:
+            raise ValueError(f"--power-interval-ms must be positive (got {self.power_interval_ms})")
 
 
 # ---- results ----------------------------------------------------------------------------------------------------
@@ -148,6 +153,17 @@ class Roofline:
 
 
 @dataclass(frozen=True)
+class EnergyStats:
+    """Board energy of each timed pass, from ``elma.power`` measurement windows (one window per pass)."""
+
+    source: str  # the meter's description
+    interval_ms: int
+    energy_per_question_mj: List[Optional[float]]  # per pass: window energy / questions (None: nothing measured)
+    mean_power_mw: List[Optional[float]]  # per pass
+    windows: List[object]  # per pass: the ``elma.power.Measurement`` (coverage, gaps, rails)
+
+
+@dataclass(frozen=True)
 class BenchReport:
     machine: Dict[str, object]
     versions: Dict[str, str]
@@ -166,6 +182,7 @@ class BenchReport:
     baselines: List[ConfigResult] = field(default_factory=list)
     sweep: List[SweepPoint] = field(default_factory=list)
     roofline: Optional[Roofline] = None
+    energy: Optional[EnergyStats] = None  # with a power source
     notes: List[str] = field(default_factory=list)  # what was skipped and why
 
     def to_dict(self) -> Dict[str, object]:
@@ -353,12 +370,13 @@ def _hidden_size(rt) -> int:
 
 
 def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
-              on_stage: Optional[Callable[[str], None]] = None) -> BenchRun:
+              on_stage: Optional[Callable[[str], None]] = None, meter=None) -> BenchRun:
     """Run the benchmark ``cfg`` describes.
 
     Args:
         examples: the questions (already loaded and limited); None loads ``cfg.data``.
         on_stage: called with the name of each stage as it starts (the CLI logs them).
+        meter: an ``elma.power.PowerMeter`` to use instead of ``cfg.power_source`` (tests inject fakes).
 
     Raises:
         DataError: the data file is missing or not SQuAD, or holds no questions.
@@ -388,9 +406,26 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
                     for t, r in zip(lengths, results)]
 
         passes = []
-        for k in range(cfg.repeat):
-            stage(f"timed pass {k + 1}/{cfg.repeat}: {policy.spec}")
-            passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress))
+        energy: Optional[EnergyStats] = None
+        with _power_sampler(cfg, meter) as sampler:
+            monitor = None
+            if sampler is not None:
+                from elma.power.monitor import EnergyMonitor
+
+                monitor = EnergyMonitor(sampler)
+            windows = []
+            for k in range(cfg.repeat):
+                stage(f"timed pass {k + 1}/{cfg.repeat}: {policy.spec}")
+                if monitor is not None:
+                    monitor.begin_window(f"pass-{k + 1}")
+                passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress))
+                if monitor is not None:
+                    windows.append(monitor.end_window(f"pass-{k + 1}"))
+            if sampler is not None:
+                n = len(examples)
+                energy = EnergyStats(sampler.meter.describe(), cfg.power_interval_ms,
+                                     [None if m.energy_mj is None else m.energy_mj / n for m in windows],
+                                     [m.mean_power_mw for m in windows], windows)
         first, wall = passes[0]
         result = summarise(f"policy {policy.spec}", "policy", "measured", examples, first, L, wall, flops_of(first))
         rss_timed = peak_rss_mb()
@@ -432,8 +467,27 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
                              len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
-                             baselines, sweep, roof, notes)
+                             baselines, sweep, roof, energy, notes)
     return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first})
+
+
+@contextlib.contextmanager
+def _power_sampler(cfg: BenchConfig, meter=None):
+    """A started ``PowerSampler`` over ``meter`` or ``cfg.power_source`` (None when neither is given)."""
+    if meter is None and cfg.power_source is None:
+        yield None
+        return
+    from elma.power.sampler import PowerSampler
+
+    if meter is None:
+        from elma.power.sources import PowerConfig, open_meter
+
+        meter = open_meter(PowerConfig(source=cfg.power_source, interval_ms=cfg.power_interval_ms))
+    sampler = PowerSampler(meter, interval_s=cfg.power_interval_ms / 1e3).start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
 
 
 _PEAK: List[MatmulPeak] = []

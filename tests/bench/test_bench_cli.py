@@ -243,3 +243,47 @@ def test_model_folder_runs_on_torch_with_its_eager_baseline(tiny_bundles, data, 
     kinds = {b["kind"] for b in report["baselines"]}
     assert "torch-eager" in kinds and "fused" not in kinds
     assert any("not a bundle" in n for n in report["notes"])
+
+
+class ConstantMeter:
+    """A sampler-paced fake power source: 5 W on one rail, stamped on time.monotonic (the sampler's clock)."""
+
+    name = "constant"
+    self_paced = False
+
+    def start(self):
+        return None
+
+    def stop(self):
+        return None
+
+    def describe(self):
+        return "constant 5000 mW (test)"
+
+    def read(self):
+        import time
+
+        from elma.power.base import PowerSample
+
+        return PowerSample(time.monotonic(), {"VDD_IN": 5000.0}, 5000.0)
+
+
+def test_energy_window_per_timed_pass(tiny_bundles, data, tmp_path):
+    from elma.bench.report import markdown, write_report
+    from elma.bench.runner import BenchConfig, run_bench
+    from elma.power.base import PowerMeter
+
+    meter = type("Meter", (ConstantMeter, PowerMeter), {})()
+    cfg = BenchConfig(model=str(tiny_bundles.bundle("bert")), data=str(data), policy="none", limit=4, repeat=2,
+                      baselines=False, power_interval_ms=5)
+    run = run_bench(cfg, meter=meter)
+    report = run.report
+    e = report.energy
+    assert e is not None and len(e.windows) == 2 and e.source.startswith("constant")
+    for per_q, power, window in zip(e.energy_per_question_mj, e.mean_power_mw, e.windows):
+        assert power == pytest.approx(5000.0)
+        assert per_q == pytest.approx(5000.0 * window.measured_s / 4)  # mW x s = mJ, over 4 questions
+    assert "## Energy (timed passes)" in markdown(report)
+    write_report(run, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())["energy"]
+    assert saved["mean_power_mw"] == pytest.approx([5000.0, 5000.0]) and saved["windows"][0]["key"] == "pass-1"
