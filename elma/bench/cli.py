@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="timed passes of the policy (spread reported)")
+    p.add_argument("--warmup", type=int, default=8, metavar="N", help="questions answered untimed first (default 8)")
     p.add_argument("--sweep", action="store_true", help="every policy over a parameter grid: Pareto front and plots")
     p.add_argument("--measure-front", action="store_true", help="with --sweep: time each distinct setting on the "
                    "Pareto front for real (one more pass each), beside its derived latency")
@@ -78,7 +79,7 @@ def _config(args):
         raise UsageError(f"--hf-qa {args.hf_qa}: not a Hugging Face checkpoint folder (no config.json)")
     try:
         return BenchConfig(model=str(args.model), data=str(args.data), policy=args.policy, backend=args.backend,
-                           limit=args.limit, repeat=args.repeat, sweep=args.sweep, measure_front=args.measure_front,
+                           limit=args.limit, repeat=args.repeat, warmup=args.warmup, sweep=args.sweep, measure_front=args.measure_front,
                            baselines=not args.no_baselines, torch_model=args.torch_model, hf_qa=args.hf_qa,
                            ffn_size=args.ffn_size, progress=not args.no_progress, power_source=args.power_source,
                            power_interval_ms=args.power_interval_ms)

@@ -2,8 +2,8 @@
 
 Where each number comes from:
 
-* **Timed pass** (the chosen policy, and every ``--repeat``): questions one at a time (batch 1) through
-  ``Runtime.ask``; a question's latency is the wall time of that call, tokenisation to decoded answer.
+* **Timed pass** (the chosen policy, and every ``--repeat``), after ``warmup`` untimed questions: questions one
+  at a time (batch 1) through ``Runtime.ask``; a question's latency is the wall time of that call, tokenisation to decoded answer.
   Throughput is questions over the wall time of the whole pass.
 * **Sweep and ``static:k`` baselines**: the model runs once over the questions recording every exit's logits
   (``elma.runtime.calibrate.record``), and every policy setting is simulated on them, exactly as the runtime
@@ -53,6 +53,7 @@ class BenchConfig:
     backend: Optional[str] = None  # onnxruntime (bundles, default), tensorrt, torch (model folders)
     limit: Optional[int] = None  # first N questions of the file; None: all
     repeat: int = 1  # timed passes of the chosen policy (spread reported)
+    warmup: int = 8  # questions answered untimed before the first timed pass (sessions, allocator, caches)
     sweep: bool = False  # simulate every policy over a parameter grid; Pareto front and plots
     measure_front: bool = False  # with sweep: also time each distinct setting on the F1-vs-layers front for real
     baselines: bool = True  # fused ONNX graph, static:k at every layer, PyTorch eager where possible
@@ -68,6 +69,8 @@ class BenchConfig:
             raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1 (got {self.repeat})")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0 (got {self.warmup})")
         if self.power_interval_ms <= 0:
             raise ValueError(f"--power-interval-ms must be positive (got {self.power_interval_ms})")
 
@@ -405,6 +408,10 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
             return [question_flops(t, r.window_layers or (r.exit_layer,) * len(t), hidden, ffn)
                     for t, r in zip(lengths, results)]
 
+        if cfg.warmup:
+            stage(f"warm-up: {min(cfg.warmup, len(examples))} questions, untimed")
+            for ex in examples[:cfg.warmup]:
+                rt.ask(ex.question, ex.context, policy=policy)
         passes = []
         energy: Optional[EnergyStats] = None
         with _power_sampler(cfg, meter) as sampler:
