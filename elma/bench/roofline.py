@@ -13,7 +13,8 @@ length (the runtime runs each window to its own exit layer; the fused graph runs
 Padding is not counted: the bound is what the question needs, not what a batch shape costs.
 
 The peak is measured, not taken from a data sheet: the best of a few float32 ``numpy`` matmuls of
-``PEAK_N`` x ``PEAK_N`` (BLAS, all the threads numpy uses). ``latency bound = FLOPs / peak``.
+``PEAK_N`` x ``PEAK_N`` (BLAS, all the threads numpy uses), measured before and after the run with the better
+kept, so that a busy moment does not lower it. ``latency bound = FLOPs / peak``.
 """
 
 from __future__ import annotations
