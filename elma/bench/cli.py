@@ -4,8 +4,8 @@
     elma-bench bundles/minilm --data dev-v2.0.json --limit 500 --repeat 3 --sweep --report-dir reports/sweep
 
 Exit codes: 0 done, 2 usage or input error (missing file, not SQuAD, no questions, bad policy; no report is
-written), 3 model or bundle error. Errors are one line on stderr. Only the standard library is imported at
-module level, so ``elma-bench --help`` works without onnxruntime or torch.
+written), 3 model or bundle error, or a report that cannot be written. Errors are one line on stderr. Only
+the standard library is imported at module level, so ``elma-bench --help`` works without onnxruntime or torch.
 """
 
 from __future__ import annotations
@@ -106,12 +106,12 @@ def run(args) -> int:
         raise UsageError(str(err)) from err
     from elma.bench.report import write_json_file, write_report
 
-    if args.report_dir:
-        write_report(result, Path(args.report_dir))
     if args.predictions_out:
         write_json_file(Path(args.predictions_out), result.predictions)
     if args.na_probs_out:
         write_json_file(Path(args.na_probs_out), result.na_probs)
+    if args.report_dir:  # last: a report folder means the run finished
+        write_report(result, Path(args.report_dir))
     print(summary_line(result.report))
     if args.report_dir:
         print(f"report: {args.report_dir}")
@@ -133,6 +133,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # writing the report or the predictions
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_MODEL
+    except Exception as err:  # a bug or an unexpected library failure: still one line (the traceback with -v)
+        logger.debug("unexpected error", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(err).__name__}: {err} (rerun with -v for details)", file=sys.stderr)
+        return EXIT_MODEL
 
 
 if __name__ == "__main__":
