@@ -58,16 +58,19 @@ def full_run(tiny_bundles, data, hf_checkpoint, tmp_path_factory):
 def test_report_files_exist_and_parse(full_run):
     out, report_dir, report = full_run
     names = {p.name for p in report_dir.iterdir()}
-    assert {"report.json", "report.md", "predictions.json", "na_probs.json", "pareto_f1_vs_layers.png",
-            "pareto_f1_vs_latency.png"} <= names
+    assert {"report.json", "report.md", "predictions.json", "na_probs.json"} <= names
+    assert json.loads((out / "p.json").read_text()) == json.loads((report_dir / "predictions.json").read_text())
+    assert report["model_load_ms"] > 0 and report["questions"] == 12
+    assert 0 < report["peak_rss_mb"] <= report["peak_rss_end_mb"]
     assert not [p for p in report_dir.parent.iterdir() if p.name.startswith(".report")], "no temporary folder left"
     md = (report_dir / "report.md").read_text()
     for heading in ("## Official SQuAD 2.0 metrics", "## Exits", "## Baselines", "## Sweep", "## Roofline"):
         assert heading in md
+    if importlib.util.find_spec("matplotlib") is None:  # the `bench` extra is missing: the report says so
+        assert any("matplotlib" in n for n in report["notes"])
+        return
+    assert {"pareto_f1_vs_layers.png", "pareto_f1_vs_latency.png"} <= names
     assert (report_dir / "pareto_f1_vs_layers.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out / "p.json").read_text()) == json.loads((report_dir / "predictions.json").read_text())
-    assert report["model_load_ms"] > 0 and report["questions"] == 12
-    assert 0 < report["peak_rss_mb"] <= report["peak_rss_end_mb"]
 
 
 def test_metrics_equal_the_official_scorer_on_the_written_files(full_run, data):
