@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power, sync.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -344,12 +344,40 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _add_sync(sub) -> None:
+    p = sub.add_parser("sync", help="upload the device's queued offload records to the server (exactly once)")
+    p.add_argument("--server", required=True, help="server URL, e.g. http://10.0.0.2:8000")
+    p.add_argument("--token-file", required=True, help="file holding this device's bearer token")
+    p.add_argument("--upload", action="store_true", help="upload pending records (without it: only report the queue)")
+    p.add_argument("--queue", help="queue database (default: $ELMA_OFFLOAD_QUEUE, else ~/.local/share/elma/offload.sqlite3)")
+    p.add_argument("--batch-size", type=int, default=100, help="records per request")
+    p.set_defaults(func=cmd_sync)
+
+
+def cmd_sync(args) -> int:
+    from elma.offload.client import OffloadClient, OffloadConfig, default_queue_path, read_token_file
+    from elma.offload.queue import RecordQueue
+
+    try:
+        config = OffloadConfig(args.server, token=read_token_file(args.token_file), upload_batch_size=args.batch_size)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    with RecordQueue(Path(args.queue) if args.queue else default_queue_path()) as queue:
+        if not args.upload:
+            print(f"{queue.count(pending_only=True)} of {queue.count()} records pending in {queue.path} (pass --upload)")
+            return 0
+        report = OffloadClient(config, queue).upload_pending()
+    print(f"uploaded {report.uploaded} records in {report.batches} batches ({report.stored_new} new on the server); "
+          f"{report.pending_left} pending")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
-                _add_build_engines, _add_calibrate, _add_power):
+                _add_build_engines, _add_calibrate, _add_power, _add_sync):
         add(sub)
     return parser
 
