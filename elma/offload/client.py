@@ -338,3 +338,39 @@ class OffloadClient:
         report = SyncReport(uploaded, stored_new, batches, self.queue.count(pending_only=True))
         logger.info("uploaded %d records in %d batches (%d new on the server)", uploaded, batches, stored_new)
         return report
+
+
+class BackgroundUploader:
+    """Uploads pending records every ``interval_s`` from a daemon thread (interactive ``elma-ask``).
+
+    Failures (server still away) are logged at debug level and retried at the next tick; ``stop`` waits for the
+    upload in progress, so the queue is never closed under it.
+    """
+
+    def __init__(self, client: OffloadClient, interval_s: float = 30.0):
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive (got {interval_s})")
+        self.client = client
+        self.interval_s = interval_s
+        self.uploaded = 0  # records uploaded by this thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="elma-upload", daemon=True)
+
+    def start(self) -> "BackgroundUploader":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:  # one upload right away, even when stopped early (``stop`` then waits for it)
+            if self.client.queue.count(pending_only=True):
+                try:
+                    self.uploaded += self.client.upload_pending().uploaded
+                except OffloadError as err:
+                    logger.debug("background upload postponed: %s", err)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
