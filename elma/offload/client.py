@@ -30,6 +30,7 @@ Device side: Python 3.8 and the standard library only.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -64,7 +65,8 @@ class OffloadConfig:
     breaker_failures: int = 3  # consecutive failed offloads that open the circuit breaker
     breaker_reset_ms: float = 10_000.0  # an open breaker lets one trial request through after this long
     offload_no_answer_above: Optional[float] = None  # also offload a no-answer whose span score (span - null) is above this
-    upload_batch_size: int = 100  # records per POST /v1/records
+    upload_batch_size: int = 100  # most records per POST /v1/records
+    upload_max_bytes: int = 2_000_000  # most bytes of JSON per POST /v1/records (below the server's body limit)
     upload_timeout_ms: float = 10_000.0  # socket timeout of one upload request
 
     def __post_init__(self) -> None:
@@ -182,16 +184,19 @@ def post_json(url: str, payload: Dict[str, Any], token: str, timeout_s: float) -
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the server is local: no proxy
     try:
         with opener.open(request, timeout=timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
+            reply = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as err:
         message = _error_message(err)
         if err.code == 429 or err.code >= 500:
             raise OffloadError(f"{url}: HTTP {err.code}: {message}") from err
         raise OffloadRejected(f"{url}: HTTP {err.code}: {message}") from err
-    except (urllib.error.URLError, socket.timeout, OSError) as err:
+    except (urllib.error.URLError, socket.timeout, OSError, http.client.HTTPException) as err:
         raise OffloadError(f"{url}: server unreachable ({getattr(err, 'reason', err)})") from err
     except ValueError as err:
         raise OffloadError(f"{url}: the reply is not JSON ({err})") from err
+    if not isinstance(reply, dict):
+        raise OffloadError(f"{url}: the reply is not a JSON object; is this an ELMA server?")
+    return reply
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:
@@ -316,28 +321,41 @@ class OffloadClient:
             OffloadError: the server is unreachable or refused a batch (what was acknowledged before stays marked).
         """
         uploaded = stored_new = batches = 0
-        for batch in self.queue.pending_batches(self.config.upload_batch_size):
-            records: List[Dict[str, Any]] = []
-            for r in batch:
-                d = r.to_dict()
-                d.pop("uploaded")
-                records.append(d)
-            try:
-                reply = self.post(self.config.url(API_RECORDS), {"records": records}, self.config.token,
-                                  self.config.upload_timeout_ms / 1000.0)
-            except OffloadError as err:
-                raise type(err)(f"{err}; {uploaded} records uploaded before, "
-                                f"{self.queue.count(pending_only=True)} still pending (run `elma sync --upload` again)") from err
-            acknowledged = [str(i) for i in reply.get("record_ids", [])]
-            if sorted(acknowledged) != sorted(r.record_id for r in batch):
-                raise OffloadError(f"the server acknowledged {len(acknowledged)} of {len(batch)} records; is it an ELMA server?")
-            self.queue.mark_uploaded(acknowledged)
-            uploaded += len(batch)
-            stored_new += int(reply.get("stored_new", 0))
-            batches += 1
+        for pending in self.queue.pending_batches(self.config.upload_batch_size):
+            for chunk in _chunks_by_size(pending, self.config.upload_max_bytes):
+                try:
+                    reply = self.post(self.config.url(API_RECORDS), {"records": chunk}, self.config.token,
+                                      self.config.upload_timeout_ms / 1000.0)
+                except OffloadError as err:
+                    raise type(err)(f"{err}; {uploaded} records uploaded before, {self.queue.count(pending_only=True)} "
+                                    f"still pending (run `elma sync --upload` again)") from err
+                acknowledged = [str(i) for i in reply.get("record_ids", [])]
+                if sorted(acknowledged) != sorted(r["record_id"] for r in chunk):
+                    raise OffloadError(f"the server acknowledged {len(acknowledged)} of {len(chunk)} records; "
+                                       f"is it an ELMA server?")
+                self.queue.mark_uploaded(acknowledged)
+                uploaded += len(chunk)
+                stored_new += int(reply.get("stored_new", 0))
+                batches += 1
         report = SyncReport(uploaded, stored_new, batches, self.queue.count(pending_only=True))
         logger.info("uploaded %d records in %d batches (%d new on the server)", uploaded, batches, stored_new)
         return report
+
+
+def _chunks_by_size(records, max_bytes: int) -> List[List[Dict[str, Any]]]:
+    """Records as upload dicts, in chunks whose JSON stays under ``max_bytes`` (a larger record goes alone)."""
+    chunks: List[List[Dict[str, Any]]] = []
+    size = 0
+    for r in records:
+        d = r.to_dict()
+        d.pop("uploaded")
+        n = len(json.dumps(d, ensure_ascii=False).encode("utf-8")) + 2
+        if not chunks or size + n > max_bytes:
+            chunks.append([])
+            size = 16  # {"records": []}
+        chunks[-1].append(d)
+        size += n
+    return chunks
 
 
 class BackgroundUploader:

@@ -326,6 +326,12 @@ def create_app(config: ServeConfig, answerer: Callable[[str, str], Dict[str, Any
         return JSONResponse({"error": {"code": err.code, "message": err.message}}, status_code=err.status,
                             headers=err.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": {"code": "internal", "message": f"the server failed ({type(err).__name__}); see its log"}},
+                            status_code=500)
+
     def device_of(request: Request) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")

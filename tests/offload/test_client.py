@@ -176,3 +176,36 @@ def test_upload_in_batches_marks_what_was_acknowledged(tmp_path):
     report = client.upload_pending()
     assert report.uploaded == 1 and report.pending_left == 0 and report.batches == 1
     assert set(batches[0]) == {r.record_id for r in client.queue.all() if r.question == "q4"}
+
+
+def test_upload_chunks_stay_under_the_byte_limit(tmp_path):
+    clock, sizes = Clock(), []
+
+    def post(url, payload, token, timeout_s):
+        import json
+
+        sizes.append((len(payload["records"]), len(json.dumps(payload).encode())))
+        return {"record_ids": [r["record_id"] for r in payload["records"]], "stored_new": len(payload["records"])}
+
+    client = make_client(tmp_path, post, clock, upload_batch_size=100, upload_max_bytes=5000)
+    for i in range(5):
+        client.queue.add(f"q{i}", "x" * 2000, "", 3, 3, True)
+    client.queue.add("big", "y" * 9000, "", 3, 3, True)  # over the limit alone: still sent, alone
+    report = client.upload_pending()
+    assert report.uploaded == 6 and report.pending_left == 0
+    assert [n for n, _ in sizes] == [2, 2, 1, 1] and all(b < 5000 for n, b in sizes[:3])
+
+
+def test_a_reply_that_is_not_an_object_is_an_error(monkeypatch):
+    import io
+    import urllib.request
+
+    from elma.offload import client as client_module
+
+    class Opener:
+        def open(self, request, timeout):
+            return io.BytesIO(b"[1, 2]")
+
+    monkeypatch.setattr(urllib.request, "build_opener", lambda *a: Opener())
+    with pytest.raises(OffloadError, match="not a JSON object"):
+        client_module.post_json("http://127.0.0.1:9/v1/answer", {}, "t", 1.0)

@@ -81,6 +81,8 @@ def test_unsolvable_questions_are_offloaded_recorded_and_synced_once(answerer, d
         token_file = tmp_path / "device.token"
         token_file.write_text(TOKEN + "\n")
         argv = ["sync", "--server", server.url, "--token-file", str(token_file), "--queue", str(queue.path)]
+        assert elma_main(argv) == 0  # without --upload: only reports the queue
+        assert queue.count(pending_only=True) == 1
         assert elma_main(argv + ["--upload"]) == 0
         assert elma_main(argv + ["--upload"]) == 0  # nothing pending: nothing sent twice
         [row] = store.all()

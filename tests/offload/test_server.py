@@ -169,3 +169,14 @@ def test_a_bad_db_url_is_one_clear_error(tmp_path):
     with pytest.raises(OffloadError, match="cannot open the record store"):
         RecordStore("nosuchdialect://x")
     assert RecordStore.engine_url("postgresql+psycopg://elma:s3cret@h/db") == "postgresql+psycopg://elma:***@h/db"
+
+
+def test_a_failing_model_is_a_json_500(tmp_path):
+    def broken(question, context):
+        raise RuntimeError("CUDA went away")
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    client = TestClient(create_app(ServeConfig(), broken, store, {hash_token(TOKEN): "d"}), raise_server_exceptions=False)
+    r = client.post("/v1/answer", json={"question": "q", "context": "c"}, headers=AUTH)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal" and "RuntimeError" in r.json()["error"]["message"]
+    store.close()
