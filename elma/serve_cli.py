@@ -3,7 +3,8 @@
     elma-serve --tokens tokens.txt --add-device jetson-01        # prints the new device's token once
     elma-serve --model BUNDLE --host 127.0.0.1 --port 8000 --db sqlite:///records.sqlite3 --tokens tokens.txt
 
-Exit codes: 0 stopped cleanly, 2 usage or setup error (one line on stderr). Needs the ``serve`` extra.
+Exit codes: 0 done (uvicorn stops gracefully on Ctrl-C or SIGTERM, then re-raises the signal), 2 usage or
+setup error (one line on stderr). Needs the ``serve`` extra.
 """
 
 from __future__ import annotations

@@ -195,6 +195,7 @@ class RecordStore:
             sa.Column("num_layers", sa.Integer, nullable=False),
             sa.Column("unsolved", sa.Boolean, nullable=False),
             sa.Column("server_answer", sa.Text, nullable=True),
+            sa.Column("corrected_answer", sa.Text, nullable=True),  # set by a person; `elma finetune` prefers it
             sa.Column("created_at_unix_s", sa.Float, nullable=False),  # on the device's clock
             sa.Column("received_at_unix_s", sa.Float, nullable=False),  # on the server's clock
         )
