@@ -5,6 +5,12 @@
     cat passage.txt | elma-ask "Who led the raiders?"
     elma-ask -i --context-file passage.txt          # one passage, many questions (line editing)
     elma-ask "..." --context-file p.txt --json --policy entropy:0.4,0.4 --backend onnxruntime --model BUNDLE
+    elma-ask "..." --context-file p.txt --server http://10.0.0.2:8000 --token-file device.token --deadline-ms 300
+
+With ``--server``, an unsolved question goes to the offload server (full-depth
+model) within ``--deadline-ms``; past it the local answer is printed, marked
+deferred, and the question stays queued for ``elma sync --upload`` (interactive
+mode also uploads in the background).
 
 Exit codes: 0 answered (also when the answer is "no answer"), 2 usage or input
 error, 3 model or bundle error. Every error is one line on stderr.
@@ -55,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none)")
     p.add_argument("--max-layer", type=int, metavar="N", help="last layer allowed; unconfident by then = 'unsolved'")
     p.add_argument("--json", action="store_true", help="one JSON object per answer")
+    p.add_argument("--server", metavar="URL", help="offload server for unsolved questions, e.g. http://10.0.0.2:8000")
+    p.add_argument("--token-file", metavar="FILE", help="this device's bearer token (needed with --server)")
+    p.add_argument("--deadline-ms", type=float, metavar="N", help="longest wait for the server, ms (default 300)")
+    p.add_argument("--queue", metavar="FILE", help="offload record queue (default: $ELMA_OFFLOAD_QUEUE, else "
+                   "~/.local/share/elma/offload.sqlite3)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime loads")
     return p
 
@@ -126,15 +137,60 @@ def answer_text(answer) -> str:
     return f"{head}\n{detail}"
 
 
-def _ask(rt, question: str, context: str, args, out) -> None:
+def offload_json(question: str, result) -> str:
+    """The local answer's fields, with text/no_answer of the answer given and where it came from."""
+    local = result.local
+    record = {"question": question, **local.to_dict(), "text": result.text, "no_answer": result.no_answer,
+              "local_text": local.text, "offloaded": result.offloaded, "deferred": result.deferred,
+              "offload_reason": result.reason, "record_id": result.record_id, "offload_ms": result.offload_ms,
+              "latency_ms": result.latency_ms}
+    record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(record, ensure_ascii=False)
+
+
+def offload_text(result) -> str:
+    head = f"Answer: {result.text}" if not result.no_answer else "No answer in the passage."
+    text = f"{head}\n{answer_text(result.local).splitlines()[1]}"
+    if result.offloaded:
+        text += f"\n  offloaded ({result.reason}): the server's full-depth answer, {result.offload_ms:.1f} ms"
+    elif result.deferred:
+        text += f"\n  deferred ({result.reason}): no server answer in time; local answer given, question queued"
+    return text
+
+
+def _ask(rt, question: str, context: str, args, out, offload=None) -> None:
     try:
+        if offload is not None:
+            result = offload.ask(rt, question, context, max_layer=args.max_layer)
+            print(offload_json(question, result) if args.json else offload_text(result), file=out)
+            return
         answer = rt.ask(question, context, max_layer=args.max_layer)
     except ValueError as err:
         raise UsageError(str(err)) from err
     print(answer_json(question, answer) if args.json else answer_text(answer), file=out)
 
 
-def interactive(rt, context: str, args, stdin, out) -> None:
+def open_offload(args):
+    """An ``OffloadClient`` for --server, or None."""
+    if args.server is None:
+        if args.token_file or args.deadline_ms is not None:
+            raise UsageError("--token-file and --deadline-ms need --server URL")
+        return None
+    if not args.token_file:
+        raise UsageError("--server needs --token-file FILE (this device's bearer token)")
+    from elma.errors import OffloadError
+    from elma.offload.client import OffloadClient, OffloadConfig, default_queue_path, read_token_file
+    from elma.offload.queue import RecordQueue
+
+    try:
+        config = OffloadConfig(args.server, token=read_token_file(args.token_file),
+                               deadline_ms=300.0 if args.deadline_ms is None else args.deadline_ms)
+    except (ValueError, OffloadError) as err:
+        raise UsageError(str(err)) from err
+    return OffloadClient(config, RecordQueue(Path(args.queue) if args.queue else default_queue_path()))
+
+
+def interactive(rt, context: str, args, stdin, out, offload=None) -> None:
     """Read questions until EOF or an empty line; bad questions are reported and skipped."""
     if stdin.isatty():
         try:
@@ -155,7 +211,7 @@ def interactive(rt, context: str, args, stdin, out) -> None:
                 continue
             break
         try:
-            _ask(rt, question, context, args, out)
+            _ask(rt, question, context, args, out, offload)
         except UsageError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
 
@@ -177,6 +233,15 @@ def run(args, stdin=None, out=None) -> int:
         raise UsageError("interactive mode reads questions from standard input: give the passage with --context or "
                          "--context-file (or pass the question as an argument)")
     context = read_context(args, stdin)
+    offload = open_offload(args)
+    try:
+        return _run_model(args, context, want_interactive, stdin, out, offload)
+    finally:
+        if offload is not None:
+            offload.queue.close()
+
+
+def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) -> int:
     model = Path(args.model) if args.model else find_default_model()
     if not model.exists():
         raise ElmaError(f"{model}: no such model or bundle; pass --model BUNDLE (create one with `elma export`)")
@@ -196,9 +261,18 @@ def run(args, stdin=None, out=None) -> int:
         if args.max_layer is not None and not 1 <= args.max_layer <= rt.num_layers:
             raise UsageError(f"--max-layer must be in 1..{rt.num_layers} (got {args.max_layer})")
         if want_interactive:
-            interactive(rt, context, args, stdin, out)
+            uploader = None
+            if offload is not None:
+                from elma.offload.client import BackgroundUploader
+
+                uploader = BackgroundUploader(offload).start()
+            try:
+                interactive(rt, context, args, stdin, out, offload)
+            finally:
+                if uploader is not None:
+                    uploader.stop()
         else:
-            _ask(rt, args.question, context, args, out)
+            _ask(rt, args.question, context, args, out, offload)
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power, sync,
+finetune.
 
 Library code logs and returns; only this module prints. Every ``ElmaError`` or
 bad argument ends as one line on stderr and a non-zero exit, never a traceback.
@@ -344,12 +345,76 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _add_sync(sub) -> None:
+    p = sub.add_parser("sync", help="upload the device's queued offload records to the server (exactly once)")
+    p.add_argument("--server", required=True, help="server URL, e.g. http://10.0.0.2:8000")
+    p.add_argument("--token-file", required=True, help="file holding this device's bearer token")
+    p.add_argument("--upload", action="store_true", help="upload pending records (without it: only report the queue)")
+    p.add_argument("--queue", help="queue database (default: $ELMA_OFFLOAD_QUEUE, else ~/.local/share/elma/offload.sqlite3)")
+    p.add_argument("--batch-size", type=int, default=100, help="records per request")
+    p.set_defaults(func=cmd_sync)
+
+
+def cmd_sync(args) -> int:
+    from elma.offload.client import OffloadClient, OffloadConfig, default_queue_path, read_token_file
+    from elma.offload.queue import RecordQueue
+
+    try:
+        config = OffloadConfig(args.server, token=read_token_file(args.token_file), upload_batch_size=args.batch_size)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    with RecordQueue(Path(args.queue) if args.queue else default_queue_path()) as queue:
+        if not args.upload:
+            print(f"{queue.count(pending_only=True)} of {queue.count()} records pending in {queue.path} (pass --upload)")
+            return 0
+        report = OffloadClient(config, queue).upload_pending()
+    print(f"uploaded {report.uploaded} records in {report.batches} batches ({report.stored_new} new on the server); "
+          f"{report.pending_left} pending")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="train on the server's error records; publish only a model that is not worse")
+    p.add_argument("--errors", required=True, help="SQLAlchemy URL of the record store (elma-serve --db)")
+    p.add_argument("--base", required=True, help="ELMA model folder the server runs")
+    p.add_argument("-o", "--output", required=True, help="new model folder (published only if not worse)")
+    p.add_argument("--train-file", nargs="+", required=True, help="original SQuAD training file(s), mixed in")
+    p.add_argument("--heldout", required=True, help="held-out SQuAD file both models are scored on")
+    for name, typ in [("original-per-error", float), ("max-steps", int), ("batch-size", int), ("learning-rate", float),
+                      ("min-f1-gain", float), ("seed", int), ("threads", int)]:
+        p.add_argument(f"--{name}", type=typ)
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> int:
+    from dataclasses import fields
+
+    from elma.offload.finetune import FinetuneConfig, finetune
+
+    known = {f.name for f in fields(FinetuneConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    try:
+        config = FinetuneConfig(errors_db=args.errors, base_model=args.base, output_dir=args.output,
+                                train_files=tuple(args.train_file), heldout_file=args.heldout, **values)
+    except ValueError as err:
+        raise ElmaError(str(err)) from err
+    r = finetune(config)
+    print(f"{r.error_examples} error examples ({r.skipped_records} records skipped) + {r.original_examples} original, "
+          f"{r.train_steps} steps; full-depth F1 on {args.heldout}: {r.base_f1:.2f} -> {r.new_f1:.2f}")
+    if not r.published:
+        print(f"not published: the new model is not better by {config.min_f1_gain:g} F1 points; candidate kept in "
+              f"{r.candidate_dir}")
+        return 1
+    print(f"published {r.candidate_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
-                _add_build_engines, _add_calibrate, _add_power):
+                _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune):
         add(sub)
     return parser
 

@@ -42,3 +42,18 @@ class PowerReadError(PowerMeterError):
 
     The sampler records the failure as a gap and tries to reopen the source; it never crashes the caller.
     """
+
+
+class OffloadError(ElmaError):
+    """Offloading failed: the server cannot be reached, refused the request, or the device queue cannot be used.
+
+    The device never needs the server to answer: callers return the local answer and keep the record queued.
+    """
+
+
+class OffloadRejected(OffloadError):
+    """The server answered with an error that retrying will not fix (bad token, oversize or malformed request)."""
+
+
+class QueueError(OffloadError):
+    """The device's error-record queue (SQLite) cannot be opened or written."""

@@ -1,0 +1,112 @@
+"""elma-ask --server: --json says offloaded or deferred; a dead server costs at most the deadline; interactive
+mode uploads queued records in the background; flag errors exit 2."""
+
+import io
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("fastapi")
+
+from conftest import PASSAGES  # noqa: E402
+
+from elma.ask_cli import main  # noqa: E402
+from elma.offload.queue import RecordQueue  # noqa: E402
+from elma.offload.server import BackgroundServer, RecordStore, RuntimeAnswerer, ServeConfig, create_app, free_port, hash_token  # noqa: E402
+from elma.runtime.engine import Runtime  # noqa: E402
+
+CONTEXT, QAS = PASSAGES[0]
+QUESTION = QAS[0][0]
+TOKEN = "ask-cli-token"
+
+
+class FakeStdin(io.StringIO):
+    def isatty(self):
+        return False
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundles):
+    return str(tiny_bundles.bundle("bert"))
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    store = RecordStore(f"sqlite:///{tmp_path_factory.mktemp('srv') / 'records.sqlite3'}")
+    answerer = RuntimeAnswerer(Runtime.open(bundle, policy="none"))
+    app = create_app(ServeConfig(rate_per_s=1000, burst=1000), answerer, store, {hash_token(TOKEN): "jetson-01"})
+    with BackgroundServer(app) as srv:
+        yield srv, store, answerer
+    answerer.close()
+    store.close()
+
+
+@pytest.fixture
+def ask(capsys, tmp_path, bundle):
+    token_file = tmp_path / "device.token"
+    token_file.write_text(TOKEN)
+    queue = tmp_path / "queue.sqlite3"
+
+    def call(argv, stdin=""):
+        out = io.StringIO()
+        try:
+            code = main(argv + ["--model", bundle, "--queue", str(queue), "--token-file", str(token_file)]
+                        if "--server" in argv else argv + ["--model", bundle], FakeStdin(stdin), out)
+        except SystemExit as e:
+            code = e.code
+        return code, out.getvalue(), capsys.readouterr().err
+    call.queue = queue
+    return call
+
+
+def test_json_says_offloaded_or_local(ask, server):
+    srv, _, answerer = server
+    code, out, err = ask([QUESTION, "--context", CONTEXT, "--json", "--policy", "maxprob:1", "--server", srv.url,
+                          "--deadline-ms", "5000"])
+    record = json.loads(out)
+    assert code == 0 and record["offloaded"] and not record["deferred"] and record["offload_reason"] == "unsolved"
+    assert record["text"] == answerer(QUESTION, CONTEXT)["text"] and record["record_id"] and record["unsolved"]
+    code, out, _ = ask([QUESTION, "--context", CONTEXT, "--json", "--policy", "static:1", "--server", srv.url])
+    record = json.loads(out)
+    assert code == 0 and not record["offloaded"] and not record["deferred"] and record["record_id"] is None
+    assert RecordQueue(ask.queue).count() == 1
+
+
+def test_a_dead_server_gives_the_local_answer_deferred_within_the_deadline(ask):
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, _ = ask([QUESTION, "--context", CONTEXT, "--json", "--policy", "maxprob:1", "--server", dead,
+                        "--deadline-ms", "200"])
+    record = json.loads(out)
+    assert code == 0 and record["deferred"] and not record["offloaded"] and record["text"] == record["local_text"]
+    assert record["offload_ms"] < 300
+    code, out, _ = ask([QUESTION, "--context", CONTEXT, "--policy", "maxprob:1", "--server", dead, "--deadline-ms", "200"])
+    assert code == 0 and "deferred (unsolved)" in out
+    assert RecordQueue(ask.queue).count(pending_only=True) == 2
+
+
+def test_interactive_mode_uploads_in_the_background(ask, server):
+    srv, store, _ = server
+    queue = RecordQueue(ask.queue)
+    rec = queue.add("queued while offline", CONTEXT, "", 3, 3, True)
+    queue.close()
+    code, out, _ = ask(["-i", "--context", CONTEXT, "--json", "--policy", "static:1", "--server", srv.url], stdin=QUESTION + "\n")
+    assert code == 0 and len(out.splitlines()) == 1
+    assert rec.record_id in {r["record_id"] for r in store.all()}
+    assert RecordQueue(ask.queue).count(pending_only=True) == 0
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--server", "http://127.0.0.1:9"], None),  # filled in below: a missing token file
+    (["--token-file", "x"], "need --server"),
+    (["--deadline-ms", "5"], "need --server"),
+])
+def test_offload_flag_errors_exit_2(ask, bundle, capsys, tmp_path, extra, match):
+    if match is None:
+        code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra, "--token-file", str(tmp_path / "nope")],
+                    FakeStdin(""), io.StringIO())
+        match = "cannot read the token file"
+    else:
+        code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra], FakeStdin(""), io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
