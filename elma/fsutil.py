@@ -17,6 +17,7 @@ def atomic_write(target: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would have
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -28,3 +29,9 @@ def write_json(target: Path, obj: object) -> None:
     """Write ``obj`` as pretty JSON, atomically."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
