@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,7 @@ def atomic_write(target: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would have
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file what open() would have
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -31,7 +32,31 @@ def write_json(target: Path, obj: object) -> None:
     atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def chmod_like_mkdir(path: Path) -> None:
+    """Give a ``mkdtemp`` folder (0700) the mode a plain ``mkdir`` would have."""
+    os.chmod(path, 0o777 & ~current_umask())
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``target``, replacing what is there.
+
+    An existing ``target`` is first renamed aside and removed only after the new folder is in
+    place, so a reader sees the old folder or the new one, never a mix.
+    """
+    tmp, target = Path(tmp), Path(target)
+    chmod_like_mkdir(tmp)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)

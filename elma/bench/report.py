@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from elma.bench.runner import BenchReport, BenchRun, ConfigResult, SweepPoint
+from elma.fsutil import publish_dir
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +166,7 @@ def write_report(run: BenchRun, target: Path) -> Path:
         (tmp / REPORT_JSON).write_text(json.dumps(_json_safe(report.to_dict()), indent=2, ensure_ascii=False, allow_nan=False)
                                        + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(markdown(report), encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
-            os.rmdir(old)
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
+        publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,6 +32,7 @@ from elma.export.precision import INT8_KINDS, to_fp16, to_int8
 from elma.export.specs import EMBEDDINGS_SPEC, EXIT_SPEC, FUSED_SPEC, GROUP_SPEC, SPECS, ExportConfig, LayerExportSpec
 from elma.export.verify import check_graph
 from elma.export.weights import externalize_weights
+from elma.fsutil import publish_dir
 from elma.runtime.bundle import (
     EMBEDDINGS_FILE,
     FORMAT_VERSION,
@@ -114,7 +115,6 @@ def _export(model_dir: Path, target: Path, config: ExportConfig) -> ExportReport
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=str(target.parent)))
     try:
-        _chmod_like_mkdir(tmp)  # mkdtemp makes it private (0700); the bundle is meant to be copied and shared
         stage = tmp / ".fp32"
         stage.mkdir()
         with torch.no_grad():
@@ -325,24 +325,11 @@ def _manifest(model, model_dir: Path, model_config: dict, steps, config: ExportC
     }
 
 
-def _chmod_like_mkdir(path: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
     if target.exists() and any(target.iterdir()):
         _check_target(target, overwrite)
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=str(target.parent)))
-        os.rmdir(old)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if target.exists():
-            os.rmdir(target)
-        os.rename(tmp, target)
+    publish_dir(tmp, target)
+
 
 
 def export_summary(report: ExportReport) -> str:
