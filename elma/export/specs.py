@@ -30,12 +30,15 @@ class Tolerance:
         return self.atol + self.rtol * scale
 
 
-# fp32 must match to float rounding. fp16 and int8 are checked for gross breakage (a wrong graph is off by
-# O(1)); their accuracy is judged on answers (same answer text as fp32 on dev questions), not here.
+# fp32 must match to float rounding. fp16 and int8 are checked for gross breakage only; their accuracy is
+# judged on answers (same answer text as fp32 on dev questions), not here. int8 dynamic quantisation moves
+# the reference model's logits (peak ~5.5) by up to ~2.6 with per-tensor and ~1-1.5 with per-channel scales
+# (measured on elma-minilm-l6-squad2) while its answers agree, so int8 gets a limit relative to the
+# logit scale: a wrong graph (wrong weights, dropped mask) is off by about the scale itself.
 DEFAULT_TOLERANCES: Dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-5),
     "fp16": Tolerance(atol=1e-2, rtol=2e-2),
-    "int8": Tolerance(atol=5e-2, rtol=1e-1),
+    "int8": Tolerance(atol=0.25, rtol=0.4),
 }
 
 
