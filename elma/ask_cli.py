@@ -31,16 +31,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from elma.errors import DataError, ElmaError
+from elma.cli_exit import EXIT_OK, UsageError, run_reported
+from elma.errors import ElmaError
 
 PROG = "elma-ask"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
 MAX_CONTEXT_BYTES = 1_000_000  # 1 MB of UTF-8: about 150k words, already thousands of windows on a Jetson
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")
 
-
-class UsageError(Exception):
-    """Bad arguments or input: exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,21 +278,7 @@ def main(argv: Optional[List[str]] = None, stdin=None, stdout=None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad usage
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args, stdin, stdout)
-    except (UsageError, DataError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except ElmaError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_MODEL
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # a bug or an unexpected library failure: still one line (the traceback with -v)
-        logging.getLogger(PROG).debug("unexpected error", exc_info=True)
-        print(f"{PROG}: error: unexpected {type(err).__name__}: {err} (rerun with -v for details)", file=sys.stderr)
-        return EXIT_MODEL
+    return run_reported(PROG, lambda: run(args, stdin, stdout))
 
 
 if __name__ == "__main__":

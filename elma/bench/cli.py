@@ -16,16 +16,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from elma.errors import DataError, ElmaError
+from elma.cli_exit import EXIT_OK, UsageError, run_reported
 
 PROG = "elma-bench"
-EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
 BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")
 logger = logging.getLogger(PROG)
 
-
-class UsageError(Exception):
-    """Bad arguments or input: exit 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,24 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)  # argparse exits with 2 on bad usage
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (UsageError, DataError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except ElmaError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_MODEL
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # writing the report or the predictions
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_MODEL
-    except Exception as err:  # a bug or an unexpected library failure: still one line (the traceback with -v)
-        logger.debug("unexpected error", exc_info=True)
-        print(f"{PROG}: error: unexpected {type(err).__name__}: {err} (rerun with -v for details)", file=sys.stderr)
-        return EXIT_MODEL
+    return run_reported(PROG, lambda: run(args), plain_errors=(OSError,))
 
 
 if __name__ == "__main__":

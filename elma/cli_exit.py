@@ -1,0 +1,42 @@
+"""Exit codes and one-line error reporting shared by the console scripts (elma-ask, elma-bench)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Tuple, Type
+
+from elma.errors import DataError, ElmaError
+
+EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
+
+
+class UsageError(Exception):
+    """Bad arguments or input: exit code 2."""
+
+
+def run_reported(prog: str, call: Callable[[], int], plain_errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``call`` and turn every failure into one line on stderr and an exit code, never a traceback.
+
+    Usage and data errors exit 2; model, bundle and other errors exit 3; Ctrl-C exits 130.
+    ``plain_errors`` are printed as they are (e.g. OSError from writing a report); anything else is
+    reported as unexpected, with the traceback logged at debug level (``-v``).
+    """
+    try:
+        return call()
+    except (UsageError, DataError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ElmaError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or an unexpected library failure: still one line (the traceback with -v)
+        if isinstance(err, plain_errors):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return EXIT_MODEL
+        logging.getLogger(prog).debug("unexpected error", exc_info=True)
+        print(f"{prog}: error: unexpected {type(err).__name__}: {err} (rerun with -v for details)", file=sys.stderr)
+        return EXIT_MODEL
