@@ -71,8 +71,15 @@ def _add_prepare(sub) -> None:
     p.add_argument("files", nargs="+", help="SQuAD files; an article found twice is taken from the first")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--holdout-from", help="file whose articles may be held out (default: the first)")
-    p.add_argument("--holdout-articles", type=int, default=0)
-    p.add_argument("--negative-rate", type=float, default=0.5)
+    p.add_argument("--holdout-articles", type=int, default=0, help="articles of --holdout-from drawn at random")
+    p.add_argument("--holdout-title", action="append", default=[], metavar="TITLE",
+                   help="hold out this article (repeatable), e.g. one with real unanswerable questions")
+    p.add_argument("--negative-rate", type=float, default=0.5, help="share of answerable questions given a twin")
+    p.add_argument("--heldout-negative-rate", type=float,
+                   help="the same on the held-out side (default: --negative-rate; 0 keeps it all real)")
+    p.add_argument("--negative-recipes", default="drop,para", help="comma list of drop, para, swap, edit")
+    p.add_argument("--repeat-real-negatives", type=int, default=1, metavar="K",
+                   help="each real unanswerable training question appears K times")
     p.add_argument("--seed", type=int, default=13)
     p.set_defaults(func=cmd_prepare)
 
@@ -83,7 +90,10 @@ def cmd_prepare(args) -> int:
     try:
         stats = prepare([Path(f) for f in args.files], Path(args.output_dir),
                         Path(args.holdout_from) if args.holdout_from else None,
-                        args.holdout_articles, args.negative_rate, args.seed)
+                        args.holdout_articles, args.negative_rate, args.seed,
+                        holdout_titles=args.holdout_title, heldout_negative_rate=args.heldout_negative_rate,
+                        recipes=[r for r in args.negative_recipes.split(",") if r],
+                        repeat_real=args.repeat_real_negatives)
     except ValueError as err:
         raise ElmaError(str(err)) from err
     print(json.dumps(stats.__dict__, indent=2))

@@ -4,6 +4,7 @@ keeps a gold answer, nothing of one article lands on both sides."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ import pytest
 from elma.data.negatives import (
     best_other_paragraph,
     drop_answer_sentences,
+    edit_question,
     make_negatives,
+    repeat_real_negatives,
     sentences,
+    swap_entity,
     to_squad_json,
 )
 from elma.data.prepare import prepare
@@ -164,6 +168,71 @@ def test_real_unanswerable_examples_get_no_twin():
     assert out == []
 
 
+# --------------------------------------------------------------------------- #
+# swap / edit: the passage stays, the question changes
+# --------------------------------------------------------------------------- #
+FLEET = ["Admiral Hugo led the fleet of Caen in 1066. It had 40 ships.",
+         "In 1120 Admiral Bruno rebuilt the port of Caen. Storms hit it.",
+         "The fleet sailed to Dover with 35 ships."]
+
+
+def test_swap_puts_in_a_name_of_the_article_that_the_passage_lacks():
+    ex = ex_for(FLEET[0], "1066", question="When did Admiral Hugo lead the fleet?")
+    for seed in range(5):
+        q = swap_entity(ex, FLEET, random.Random(seed))
+        assert q is not None and q != ex.question
+        new = q.replace("When did ", "").replace(" lead the fleet?", "")
+        assert new in ("Admiral Bruno", "Dover") and new not in ex.context
+    # a capitalised word at a sentence start ("Storms") is no name
+    assert {swap_entity(ex, FLEET, random.Random(s)) for s in range(20)} == {
+        "When did Admiral Bruno lead the fleet?", "When did Dover lead the fleet?"}
+
+
+def test_swap_keeps_the_kind_of_a_number():
+    ex = ex_for(FLEET[0], "40", question="How many ships sailed in 1066?")
+    q = swap_entity(ex, FLEET, random.Random(0))
+    assert q == "How many ships sailed in 1120?"  # a year becomes a year, never 35
+    assert swap_entity(ex_for(FLEET[0], "40", question="How many ships?"), FLEET, random.Random(0)) is None
+
+
+@pytest.mark.parametrize("question, edited", [
+    ("Who built the first ship?", "Who built the last ship?"),
+    ("What is the Largest port?", "What is the Smallest port?"),
+    ("Which port was founded by Rollo?", "Which port was not founded by Rollo?"),
+    ("Where did the fleet sail?", None),  # no antonym, no "be + participle": left alone
+])
+def test_edit_flips_an_antonym_or_negates_a_passive(question, edited):
+    assert edit_question(ex_for(NORMANDY, "Normandy", question=question)) == edited
+
+
+def test_question_recipes_keep_the_passage_and_change_the_question():
+    fleet = [ex_for(FLEET[0], "Hugo", question="Who led the fleet of Caen in 1066?", qid="f0"),
+             ex_for(FLEET[1], "Bruno", question="Who rebuilt the port in 1120?", qid="f1"),
+             ex_for(FLEET[2], "Dover", question="Where did the fleet sail with 35 ships?", qid="f2")]
+    out = make_negatives(fleet, rate=1.0, seed=0, recipes=("swap",))
+    assert len(out) == 3, "every question has a name or number that another paragraph can replace"
+    by_id = {e.qid: e for e in fleet}
+    for neg in out:
+        src = by_id[neg.qid.rpartition("-neg-")[0]]
+        assert neg.qid.endswith("-neg-swap") and neg.is_impossible and neg.answers == ()
+        assert neg.context == src.context and neg.question != src.question
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="drop, para, swap, edit"):
+        make_negatives(EXAMPLES, rate=1.0, seed=0, recipes=("drop", "shuffle"))
+
+
+def test_repeat_real_negatives_copies_only_real_unanswerables():
+    extra = repeat_real_negatives(EXAMPLES, 3)
+    real = [e for e in EXAMPLES if e.is_impossible]
+    assert len(extra) == 2 * len(real)
+    assert {e.qid for e in extra} == {f"{e.qid}-rep{k}" for e in real for k in (1, 2)}
+    assert repeat_real_negatives(EXAMPLES, 1) == []
+    with pytest.raises(ValueError, match=">= 1"):
+        repeat_real_negatives(EXAMPLES, 0)
+
+
 def test_squad_json_round_trip():
     negs = make_negatives(EXAMPLES, rate=1.0, seed=0)
     doc = json.loads(json.dumps(to_squad_json(EXAMPLES + negs)))
@@ -219,6 +288,21 @@ def test_prepare_splits_by_article_and_first_file_wins(tmp_path, two_files):
     assert stats.train_unanswerable > sum(e.is_impossible for e in originals if e.title in train_titles)
     split = json.loads((out / "split.json").read_text())
     assert split["heldout_titles"] == sorted(held_titles)
+
+
+def test_prepare_holds_out_a_named_article_all_real(tmp_path, two_files):
+    f1, f2, first, _ = two_files
+    out = tmp_path / "out"
+    stats = prepare([f1, f2], out, holdout_titles=["Bayeux"], heldout_negative_rate=0.0, negative_rate=1.0,
+                    recipes=("drop", "para", "swap", "edit"), repeat_real=2, seed=0)
+    held = load_squad(out / "heldout.json")
+    assert stats.heldout_titles == ["Bayeux"]
+    assert sorted(e.qid for e in held) == sorted(e.qid for e in first if e.title == "Bayeux")  # no twins
+    train = load_squad(out / "train.json")
+    assert sum(e.qid.endswith("-rep1") for e in train) == 4  # Caen, Lisieux, Evreux, Falaise: one real each
+    with pytest.raises(DataError, match="Rouen"):
+        prepare([f1, f2], tmp_path / "bad", holdout_titles=["Rouen"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_prepare_is_deterministic_per_seed(tmp_path, two_files):
