@@ -206,6 +206,9 @@ def _add_export(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="weights: fp16 keeps normalisation and softmax in fp32; int8 = dynamic MatMul quantisation (CPU)")
     p.add_argument("--max-seq-length", type=int, help="longest window (default: the model's)")
+    p.add_argument("--int8-keep-fp32", action="append", metavar="REGEX",
+                   help="int8: MatMul nodes whose name matches stay float32 (repeatable; default: the feed-forward "
+                   "output projection; '' quantises every weight MatMul)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset: 17 (native LayerNormalization) or 13 for TensorRT < 8.6")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript", help="torch.onnx exporter")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
@@ -220,7 +223,9 @@ def cmd_export(args) -> int:
 
     try:
         config = ExportConfig(precision=args.precision, max_seq_length=args.max_seq_length, opset=args.opset,
-                              exporter=args.exporter, overwrite=args.overwrite, threads=args.threads)
+                              exporter=args.exporter, overwrite=args.overwrite, threads=args.threads,
+                              int8_keep_fp32=None if args.int8_keep_fp32 is None
+                              else tuple(r for r in args.int8_keep_fp32 if r))
     except ValueError as err:
         raise ElmaError(str(err)) from err
     model = Path(args.model) if args.model else default_model_dir()

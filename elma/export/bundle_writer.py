@@ -28,7 +28,7 @@ import elma
 from elma.data.features import WindowConfig
 from elma.errors import ExportError, ModelLoadError
 from elma.export.onnx_export import export_step
-from elma.export.precision import INT8_KINDS, to_fp16, to_int8
+from elma.export.precision import INT8_KEEP_FP32, INT8_KINDS, to_fp16, to_int8
 from elma.export.specs import EMBEDDINGS_SPEC, EXIT_SPEC, FUSED_SPEC, GROUP_SPEC, SPECS, ExportConfig, LayerExportSpec
 from elma.export.verify import check_graph
 from elma.export.weights import externalize_weights
@@ -123,7 +123,7 @@ def _export(model_dir: Path, target: Path, config: ExportConfig) -> ExportReport
         for graph in graphs:
             staged = stage / graph.name
             export_step(graph.step, graph.trace_args, graph.spec, staged, config.opset, config.exporter, max_seq)
-            _convert(staged, tmp / graph.name, graph.spec.kind, config.precision)
+            _convert(staged, tmp / graph.name, graph.spec.kind, config)
         shutil.rmtree(stage)
         externalize_weights([tmp / g.name for g in graphs], tmp / WEIGHTS_FILE)
         for graph in graphs:
@@ -270,11 +270,12 @@ def _feeds(spec: LayerExportSpec, *tensors) -> Dict[str, np.ndarray]:
     return {t.name: x.detach().numpy().astype(t.dtype) for t, x in zip(spec.inputs, tensors)}
 
 
-def _convert(src: Path, dst: Path, kind: str, precision: str) -> None:
-    if precision == "fp16":
+def _convert(src: Path, dst: Path, kind: str, config: ExportConfig) -> None:
+    if config.precision == "fp16":
         to_fp16(src, dst)
-    elif precision == "int8" and kind in INT8_KINDS:
-        to_int8(src, dst)
+    elif config.precision == "int8" and kind in INT8_KINDS:
+        keep = INT8_KEEP_FP32 if config.int8_keep_fp32 is None else config.int8_keep_fp32
+        to_int8(src, dst, keep)
     else:
         shutil.copyfile(src, dst)
 

@@ -7,6 +7,7 @@ before the bundle is written. ``ExportConfig`` holds the user's choices.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -105,6 +106,7 @@ class ExportConfig:
     seed: int = 0  # of the random token ids the exported graphs are checked on
     overwrite: bool = False  # replace an existing bundle folder
     threads: Optional[int] = None  # torch intra-op threads while exporting (None: torch's default); restored after
+    int8_keep_fp32: Optional[Tuple[str, ...]] = None  # int8: regexes of MatMul node names left fp32; None: the default
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -115,5 +117,10 @@ class ExportConfig:
             raise ValueError(f"opset must be in {MIN_OPSET}..20 (got {self.opset})")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1 (got {self.threads})")
+        for pattern in self.int8_keep_fp32 or ():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"int8_keep_fp32: {pattern!r} is not a regular expression ({err})") from None
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"max_seq_length must be at least 8 (got {self.max_seq_length})")

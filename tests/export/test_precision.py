@@ -57,3 +57,30 @@ def test_int8_quantises_the_encoder_matmuls_only(tiny_bundles):
 
     assert "MatMulInteger" in ops(bundle.layers[0]) and "MatMulInteger" in ops(bundle.fused)
     assert "MatMulInteger" not in ops(bundle.exits[0]) and "MatMulInteger" not in ops(bundle.embeddings)
+
+
+def test_int8_keeps_the_feed_forward_output_fp32_unless_told(tiny_bundles, tmp_path):
+    from elma.export.precision import to_int8
+
+    def weight_matmuls(path):
+        graph = onnx.load(str(path)).graph
+        weights = {t.name for t in graph.initializer}
+        return {n.name: n.op_type for n in graph.node
+                if n.op_type in ("MatMul", "MatMulInteger") and any(i in weights for i in n.input)}
+
+    shipped = weight_matmuls(load_bundle(tiny_bundles.bundle("bert", "int8")).layers[0])
+    assert sorted(shipped.values()).count("MatMulInteger") == 5
+    assert [name for name, op in shipped.items() if op == "MatMul"] == ["/layer/output/dense/MatMul"]
+
+    src = load_bundle(tiny_bundles.bundle("bert", "fp32")).layers[0]
+    to_int8(src, tmp_path / "all.onnx", keep_fp32=())
+    assert sorted(weight_matmuls(tmp_path / "all.onnx").values()) == ["MatMulInteger"] * 6
+    to_int8(src, tmp_path / "attention.onnx", keep_fp32=("intermediate", r"(?<!attention)/output/"))
+    assert sorted(weight_matmuls(tmp_path / "attention.onnx").values()) == ["MatMul"] * 2 + ["MatMulInteger"] * 4
+
+
+def test_export_refuses_a_bad_int8_pattern():
+    from elma.export.specs import ExportConfig
+
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ExportConfig(precision="int8", int8_keep_fp32=("(unclosed",))
