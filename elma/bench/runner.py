@@ -37,6 +37,7 @@ from elma.bench.roofline import MatmulPeak, RooflineRow, measure_matmul_peak, qu
 from elma.data.squad import Example, load_squad
 from elma.errors import DataError
 from elma.metrics.squad_v2 import compute_f1, squad_v2_scores
+from elma.runtime.policies import NoExitPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -445,13 +446,9 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         sweep: List[SweepPoint] = []
         if cfg.baselines or cfg.sweep:
             from elma.runtime.calibrate import record
-            from elma.runtime.policies import NoExitPolicy
 
-            stage("timed full-depth pass (per-layer times for derived latencies)")
-            if policy.spec == "none":
-                full, full_wall = first, wall
-            else:
-                full, full_wall = timed_pass(rt, examples, NoExitPolicy(), "full depth", cfg.progress)
+            stage("timed full-depth pass, every exit head run (per-layer times for derived latencies)")
+            full, full_wall = timed_pass(rt, examples, EveryExitFullDepth(), "full depth", cfg.progress)
             stage("recording every exit's logits")
             recorded = record(rt, examples)
             layer_ms = [list(r.layer_latency_ms) for r in full]
@@ -477,6 +474,16 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
                              len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
                              baselines, sweep, roof, energy, notes)
     return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first})
+
+
+class EveryExitFullDepth(NoExitPolicy):
+    """Full depth with every exit head run and decided on: what an early-exit policy pays per layer.
+
+    ``none`` itself skips the heads before the last layer; derived latencies need the steps with their heads.
+    """
+
+    def reads_exit(self, layer: int) -> bool:
+        return True
 
 
 @contextlib.contextmanager

@@ -373,8 +373,11 @@ class Runtime:
             t0 = time.perf_counter()
             active_mask = np.ascontiguousarray(mask[active, :width])
             hidden = self.backend.run_layer(slot, hidden, active_mask)
-            start, end = self.backend.run_exit(slot, hidden, active_mask)  # (B, T) each
             layer = slot + 1
+            if not (record or layer == last or policy.reads_exit(layer)):  # full depth, static:k: no head to run
+                step_ms.append((time.perf_counter() - t0) * 1e3)
+                continue
+            start, end = self.backend.run_exit(slot, hidden, active_mask)  # (B, T) each
             keep = []
             for j, i in enumerate(active):
                 r = rows[i]

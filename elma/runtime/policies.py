@@ -46,6 +46,10 @@ class ExitPolicy:
         """Decide after ``layer`` (1-based) from its (T,) start and end logits."""
         raise NotImplementedError
 
+    def reads_exit(self, layer: int) -> bool:
+        """Whether ``decide`` looks at exit ``layer``'s logits; where it does not, the runtime skips that head."""
+        return True
+
     @property
     def spec(self) -> str:
         """The string ``parse_policy`` turns back into this policy."""
@@ -206,6 +210,9 @@ class StaticPolicy(ExitPolicy):
     def decide(self, layer, start_logits, end_logits, mask=None, state=None) -> ExitDecision:
         return ExitDecision(layer >= self.layer, float(layer), f"static exit at layer {self.layer}")
 
+    def reads_exit(self, layer: int) -> bool:
+        return layer >= self.layer
+
     @property
     def spec(self) -> str:
         return f"static:{self.layer}"
@@ -219,6 +226,9 @@ class NoExitPolicy(ExitPolicy):
 
     def decide(self, layer, start_logits, end_logits, mask=None, state=None) -> ExitDecision:
         return ExitDecision(False, float(layer), "full depth")
+
+    def reads_exit(self, layer: int) -> bool:
+        return False
 
     @property
     def spec(self) -> str:

@@ -17,6 +17,7 @@ def test_reports_fused_chain_and_decision_times(tiny_bundles, capsys):
     assert report["num_layers"] == 3 and report["repeats"] == 3 and report["allow_spinning"] is False
     assert report["fused_ms"] > 0 and report["chain_ms"] > 0 and report["decision_ms"] > 0
     assert report["chain_over_fused"] == pytest.approx(report["chain_ms"] / report["fused_ms"])
+    assert report["full_depth_over_fused"] == pytest.approx(report["full_depth_chain_ms"] / report["fused_ms"])
     assert sorted(report["static_ms"]) == ["1", "2", "3"]
 
 

@@ -145,7 +145,7 @@ class Spy:
     """Wraps a backend and records the batch shape every layer step runs on."""
 
     def __init__(self, backend):
-        self.inner, self.shapes = backend, []
+        self.inner, self.shapes, self.exits = backend, [], []
         self.name, self.num_layers, self.thread_safe = backend.name, backend.num_layers, backend.thread_safe
 
     def embed(self, ids, types):
@@ -156,6 +156,7 @@ class Spy:
         return self.inner.run_layer(slot, hidden, mask)
 
     def run_exit(self, slot, hidden, mask):
+        self.exits.append(slot)
         return self.inner.run_exit(slot, hidden, mask)
 
     def select_rows(self, hidden, rows, width):
@@ -175,4 +176,21 @@ def test_only_unfinished_rows_run_the_next_layer(tiny_bundles):
         unfinished = [a for a in answers if a.exit_layer > slot]
         assert rows == len(unfinished) and mask_shape == (rows, width)
     assert spy.shapes[0][1] == len(QUESTIONS) > spy.shapes[-1][1], spy.shapes
+    rt.close()
+
+
+@pytest.mark.parametrize("policy, heads", [("none", lambda n: [n - 1]), ("static:2", lambda n: [1]),
+                                           ("entropy:0,0", lambda n: list(range(n)))])
+def test_heads_a_policy_does_not_read_are_not_run(tiny_bundles, policy, heads):
+    """Full depth and static:k run one exit head; the answer is the same as with every head run."""
+    rt = Runtime.open(tiny_bundles.bundle("bert"))
+    heads = heads(rt.num_layers)
+    want = rt.ask(*QUESTIONS[0], policy=policy)
+    spy = Spy(rt.backend)
+    rt.backend = spy
+    got = rt.ask(*QUESTIONS[0], policy=policy)
+    assert spy.exits == heads and [s[0] for s in spy.shapes] == list(range(heads[-1] + 1))
+    assert (got.text, got.exit_layer, len(got.layer_latency_ms)) == (want.text, want.exit_layer, heads[-1] + 1)
+    recorded = rt.record_exits([QUESTIONS[0]])
+    assert len(recorded[0][0][1]) == rt.num_layers, "recording still reads every exit"
     rt.close()
