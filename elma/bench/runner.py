@@ -91,6 +91,8 @@ class QuestionResult:
     latency_ms: float
     layer_latency_ms: Tuple[float, ...] = ()  # per step run (runtime passes only)
     unsolved: bool = False  # no exit was confident by the last layer (runtime passes with an early-exit policy)
+    start_s: Optional[float] = None  # timed passes: clock reading just before the question (the power sampler's clock), s
+    end_s: Optional[float] = None  # timed passes: clock reading just after its answer, s (elma-energy's per-question windows)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class BenchRun:
     report: BenchReport
     predictions: Dict[str, str]
     na_probs: Dict[str, float]
+    questions: List[QuestionResult] = field(default_factory=list)  # first timed pass, per question (times included)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -289,19 +292,27 @@ def _progress(total: int, desc: str, enabled: bool):
 # ---- passes -----------------------------------------------------------------------------------------------------
 
 
-def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", progress: bool = False) -> Tuple[List[QuestionResult], float]:
-    """Every question through ``rt.ask`` at batch 1. Returns (per question, wall seconds of the pass)."""
+def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", progress: bool = False,
+               clock: Callable[[], float] = time.monotonic) -> Tuple[List[QuestionResult], float]:
+    """Every question through ``rt.ask`` at batch 1. Returns (per question, wall seconds of the pass).
+
+    Each question's ``start_s``/``end_s`` are ``clock()`` readings around its ``ask`` call (the power sampler's
+    clock, so energy windows can be cut per question); its latency is measured with ``perf_counter``.
+    """
     bar = _progress(len(examples), desc, progress)
     out: List[QuestionResult] = []
     f1_sum, bar_s = 0.0, 0.0
     t_pass = time.perf_counter()
     try:
         for i, ex in enumerate(examples):
+            start_s = clock()
             t0 = time.perf_counter()
             a = rt.ask(ex.question, ex.context, policy=policy)
             t1 = time.perf_counter()
+            end_s = clock()
             out.append(QuestionResult(ex.qid, a.text, na_prob(a.score, rt.info.null_threshold(a.exit_layer)), a.exit_layer,
-                                      tuple(a.window_exit_layers), (t1 - t0) * 1e3, tuple(a.layer_latency_ms), a.unsolved))
+                                      tuple(a.window_exit_layers), (t1 - t0) * 1e3, tuple(a.layer_latency_ms), a.unsolved,
+                                      start_s, end_s))
             if bar is not None:  # its time (running F1, redraw) is left out of the pass's wall time
                 f1_sum += question_f1(ex.answer_texts, a.text)
                 bar.update(1)
@@ -374,13 +385,15 @@ def _hidden_size(rt) -> int:
 
 
 def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
-              on_stage: Optional[Callable[[str], None]] = None, meter=None) -> BenchRun:
+              on_stage: Optional[Callable[[str], None]] = None, meter=None, sampler=None) -> BenchRun:
     """Run the benchmark ``cfg`` describes.
 
     Args:
         examples: the questions (already loaded and limited); None loads ``cfg.data``.
         on_stage: called with the name of each stage as it starts (the CLI logs them).
         meter: an ``elma.power.PowerMeter`` to use instead of ``cfg.power_source`` (tests inject fakes).
+        sampler: a started ``elma.power.PowerSampler`` owned by the caller, used instead of ``meter`` or
+            ``cfg.power_source`` and left running (``elma-energy`` measures two runs under one sampler).
 
     Raises:
         DataError: the data file is missing or not SQuAD, or holds no questions.
@@ -416,18 +429,20 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
                 rt.ask(ex.question, ex.context, policy=policy)
         passes = []
         energy: Optional[EnergyStats] = None
-        with _power_sampler(cfg, meter) as sampler:
+        with _power_sampler(cfg, meter, sampler) as sampler:
             monitor = None
+            clock = time.monotonic
             if sampler is not None:
                 from elma.power.monitor import EnergyMonitor
 
                 monitor = EnergyMonitor(sampler)
+                clock = sampler.clock
             windows = []
             for k in range(cfg.repeat):
                 stage(f"timed pass {k + 1}/{cfg.repeat}: {policy.spec}")
                 if monitor is not None:
                     monitor.begin_window(f"pass-{k + 1}")
-                passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress))
+                passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress, clock))
                 if monitor is not None:
                     windows.append(monitor.end_window(f"pass-{k + 1}"))
             if sampler is not None:
@@ -473,7 +488,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
                              len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
                              baselines, sweep, roof, energy, notes)
-    return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first})
+    return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first}, first)
 
 
 class EveryExitFullDepth(NoExitPolicy):
@@ -487,8 +502,12 @@ class EveryExitFullDepth(NoExitPolicy):
 
 
 @contextlib.contextmanager
-def _power_sampler(cfg: BenchConfig, meter=None):
-    """A started ``PowerSampler`` over ``meter`` or ``cfg.power_source`` (None when neither is given)."""
+def _power_sampler(cfg: BenchConfig, meter=None, sampler=None):
+    """A started ``PowerSampler``: the caller's ``sampler`` (not stopped here), else one over ``meter`` or
+    ``cfg.power_source`` (None when none is given)."""
+    if sampler is not None:
+        yield sampler
+        return
     if meter is None and cfg.power_source is None:
         yield None
         return
