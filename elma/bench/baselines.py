@@ -46,8 +46,8 @@ def _result(rt, ex: Example, windows, start, end, t0: float):
     return QuestionResult(ex.qid, span.prediction, na_prob(span.span_score - span.null_score, threshold), L, (L,) * len(windows), ms)
 
 
-def fused_pass(rt, bundle, examples: Sequence[Example]):
-    """The fused graph over ``examples``. Returns (per question, wall seconds, providers the session uses)."""
+def fused_answerer(rt, bundle):
+    """A function answering one ``Example`` through the fused graph (``QuestionResult``), and its providers."""
     from elma.runtime.backends import OrtOptions, import_onnxruntime, session_options
 
     ort = import_onnxruntime()
@@ -55,16 +55,24 @@ def fused_pass(rt, bundle, examples: Sequence[Example]):
     providers = list(getattr(rt.backend, "providers", None) or ["CPUExecutionProvider"])  # as the runtime's sessions
     session = ort.InferenceSession(str(bundle.fused), session_options(ort, options), providers=providers)
     dtypes = {i.name: (np.int32 if "int32" in i.type else np.int64) for i in session.get_inputs()}
-    out: List = []
-    t_pass = time.perf_counter()
-    for ex in examples:
+
+    def answer(ex: Example):
         t0 = time.perf_counter()
         windows = rt.windows([(ex.question, ex.context)])
         ids, mask, types = _batch(windows, rt.pad_id)
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         start, end = session.run(None, {k: v.astype(dtypes[k]) for k, v in feeds.items() if k in dtypes})
-        out.append(_result(rt, ex, windows, start, end, t0))
-    return out, time.perf_counter() - t_pass, session.get_providers()
+        return _result(rt, ex, windows, start, end, t0)
+
+    return answer, session.get_providers()
+
+
+def fused_pass(rt, bundle, examples: Sequence[Example]):
+    """The fused graph over ``examples``. Returns (per question, wall seconds, providers the session uses)."""
+    answer, providers = fused_answerer(rt, bundle)
+    t_pass = time.perf_counter()
+    out = [answer(ex) for ex in examples]
+    return out, time.perf_counter() - t_pass, providers
 
 
 def torch_eager_pass(model_dir, rt, examples: Sequence[Example]):
