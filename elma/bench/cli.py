@@ -56,17 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args):
-    from elma.bench.runner import BenchConfig
+def check_model_and_policy(model: str, policy: Optional[str]) -> None:
+    """UsageError (exit 2) for a policy spec that does not parse or a model path that does not exist."""
     from elma.runtime.policies import parse_policy
 
-    if args.policy is not None:
+    if policy is not None:
         try:
-            parse_policy(args.policy)
+            parse_policy(policy)
         except ValueError as err:
             raise UsageError(f"--policy: {err}") from err
-    if not Path(args.model).exists():
-        raise UsageError(f"{args.model}: no such bundle or model folder")
+    if not Path(model).exists():
+        raise UsageError(f"{model}: no such bundle or model folder")
+
+
+def _config(args):
+    from elma.bench.runner import BenchConfig
+
+    check_model_and_policy(args.model, args.policy)
     if args.torch_model is not None and not Path(args.torch_model, "config.json").is_file():
         raise UsageError(f"--torch-model {args.torch_model}: not an ELMA model folder (no config.json)")
     if args.measure_front and not args.sweep:

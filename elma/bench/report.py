@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from elma.bench.runner import BenchReport, BenchRun, ConfigResult, SweepPoint
-from elma.fsutil import publish_dir
+from elma.fsutil import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +150,7 @@ def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
 def write_report(run: BenchRun, target: Path) -> Path:
     """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(target.parent)))
-    try:
+    with staged_dir(target) as tmp:
         report = run.report
         if report.sweep:
             try:
@@ -166,10 +162,6 @@ def write_report(run: BenchRun, target: Path) -> Path:
         (tmp / REPORT_JSON).write_text(json.dumps(_json_safe(report.to_dict()), indent=2, ensure_ascii=False, allow_nan=False)
                                        + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(markdown(report), encoding="utf-8")
-        publish_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

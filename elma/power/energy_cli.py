@@ -61,17 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
+    from elma.bench.cli import check_model_and_policy
     from elma.power.energy_run import EnergyConfig
     from elma.power.sources import PowerConfig
-    from elma.runtime.policies import parse_policy
 
-    if args.policy is not None:
-        try:
-            parse_policy(args.policy)
-        except ValueError as err:
-            raise UsageError(f"--policy: {err}") from err
-    if not Path(args.model).exists():
-        raise UsageError(f"{args.model}: no such bundle or model folder")
+    check_model_and_policy(args.model, args.policy)
     power = {"source": args.source, "interval_ms": args.interval_ms, "realtime_replay": args.realtime_replay}
     for name in ("sysfs_root", "jtop_socket", "visa_library", "visa_timeout_ms", "retry_s"):
         if getattr(args, name) is not None:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from elma.bench.report import _json_safe
-from elma.fsutil import publish_dir
+from elma.fsutil import staged_dir
 from elma.power.energy_figures import EnergyReport
 from elma.power.energy_run import EnergyRun
 from elma.power.integrate import PowerTrace
@@ -147,10 +145,8 @@ def _gap_breaks(trace: PowerTrace) -> set:
 def write_energy_report(report: EnergyReport, run: EnergyRun, target: Path) -> Path:
     """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     span = run.trace.window(run.started_s, run.stopped_s)  # every window lies inside: replaying it measures the same
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=str(target.parent)))
-    try:
+    with staged_dir(target) as tmp:
         try:
             plot_power(report, span, tmp / POWER_PNG)
         except ImportError:
@@ -159,10 +155,6 @@ def write_energy_report(report: EnergyReport, run: EnergyRun, target: Path) -> P
         (tmp / ENERGY_JSON).write_text(json.dumps(_json_safe(asdict(report)), indent=2, ensure_ascii=False, allow_nan=False)
                                        + "\n", encoding="utf-8")
         (tmp / ENERGY_MD).write_text(markdown(report), encoding="utf-8")
-        publish_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
