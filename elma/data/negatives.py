@@ -14,7 +14,7 @@ answerable questions, and none looks at dev data:
   becomes a name or number of the same kind taken from another paragraph of the
   same article and absent from this passage.
 - ``edit`` (antonym, negation): the passage stays; one word of the question
-  becomes its antonym, or else "not" follows the question's auxiliary verb.
+  becomes its antonym, or else "not" goes between a form of "be" and a participle.
 
 ``drop``/``para`` check that no gold answer text (case-insensitive) is left in
 the new passage; ``swap``/``edit`` only change the question. These labels are
@@ -24,10 +24,11 @@ threshold is calibrated on held-out *real* unanswerable questions.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from elma.data.squad import Example
 
@@ -99,16 +100,15 @@ _ANTONYM_PAIRS = (
 )
 _ANTONYMS = {**dict(_ANTONYM_PAIRS), **{b: a for a, b in _ANTONYM_PAIRS}}
 _WH = frozenset("What Which Who Whom Whose When Where Why How In On At Of For By To From The A An".split())
-
-
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\s[\"'(])$")
 
 
-def _names_and_numbers(text: str) -> List[str]:
+@functools.lru_cache(maxsize=4096)  # every question of an article scans the same paragraphs
+def _names_and_numbers(text: str) -> Tuple[str, ...]:
     """Names not at a sentence start (there any word is capitalised) and numbers of ``text``."""
     names = [m.group(0) for m in _NAME.finditer(text)
              if m.group(0) not in _WH and len(m.group(0)) > 2 and not _SENTENCE_START.search(text[:m.start()])]
-    return names + _NUMBER.findall(text)
+    return tuple(names + _NUMBER.findall(text))
 
 
 def _kind(term: str) -> str:
@@ -127,13 +127,13 @@ def swap_entity(ex: Example, paragraphs: Sequence[str], rng: random.Random) -> O
     in_question = [t for t in _names_and_numbers(ex.question) if ex.question.find(t) > 0]
     if not in_question:
         return None
-    low_ctx = ex.context.lower()
+    low_ctx, low_question = ex.context.lower(), ex.question.lower()
     pool: Dict[str, List[str]] = {}
     for para in paragraphs:
         if para == ex.context:
             continue
         for term in _names_and_numbers(para):
-            if term.lower() not in low_ctx and term.lower() not in ex.question.lower():
+            if term.lower() not in low_ctx and term.lower() not in low_question:
                 pool.setdefault(_kind(term), []).append(term)
     rng.shuffle(in_question)
     for old in in_question:
