@@ -12,13 +12,16 @@ from pathlib import Path
 
 COLUMNS = [("exit", "exit_layer", "{}"), ("EM", "exact", "{:.2f}"), ("F1", "f1", "{:.2f}"),
            ("HasAns EM", "HasAns_exact", "{:.2f}"), ("HasAns F1", "HasAns_f1", "{:.2f}"),
-           ("NoAns F1", "NoAns_f1", "{:.2f}"), ("null threshold", "null_threshold", "{:.3f}"), ("questions", "total", "{}")]
+           ("NoAns F1", "NoAns_f1", "{:.2f}"),
+           ("HasAns span F1", "HasAns_span_f1", "{:.1f}"), ("null AUC", "null_auc", "{:.1f}"),
+           ("null threshold", "null_threshold", "{:.3f}"),
+           ("questions", "total", "{}")]
 
 
 def table(rows) -> str:
     lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[key]) if key in r else "-" for _, key, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power, sync,
 finetune.
 
-Library code logs and returns; only this module prints. Every ``ElmaError`` or
-bad argument ends as one line on stderr and a non-zero exit, never a traceback.
+Library code logs and returns; only this module prints. Every error ends as one
+line on stderr, never a traceback, with the exit codes of the other console
+scripts (``elma.cli_exit``): 2 for bad arguments or input data, 3 for a model,
+bundle, engine or power source that cannot be used (or an unexpected failure).
 Heavy modules (torch, transformers) are imported inside the commands that need them.
 """
 
@@ -15,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from elma.errors import ElmaError
+from elma.cli_exit import UsageError, run_reported
+from elma.errors import BundleError, ModelLoadError
 
 logger = logging.getLogger("elma")
 
@@ -58,7 +61,7 @@ def cmd_train(args) -> int:
     try:
         config = TrainConfig(**values)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     result = train(config, resume=args.resume)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "wall_s": round(result.wall_s, 1),
                       "tokens_per_s": round(result.tokens_per_s, 1), "output_dir": config.output_dir,
@@ -95,7 +98,7 @@ def cmd_prepare(args) -> int:
                         recipes=[r for r in args.negative_recipes.split(",") if r],
                         repeat_real=args.repeat_real_negatives)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     print(json.dumps(stats.__dict__, indent=2))
     return 0
 
@@ -122,7 +125,7 @@ def cmd_predict(args) -> int:
     model, tokenizer = load_model(args.model)
     layer = args.exit_layer or model.num_exits
     if not 1 <= layer <= model.num_exits:
-        raise ElmaError(f"--exit-layer must be in 1..{model.num_exits} (got {layer})")
+        raise UsageError(f"--exit-layer must be in 1..{model.num_exits} (got {layer})")
     results = predict_all_exits(model, tokenizer, examples, batch_size=args.batch_size, progress=True)
     chosen = results[layer - 1]
     write_json(Path(args.output), chosen.predictions(examples))
@@ -188,7 +191,7 @@ def cmd_demo(args) -> int:
     from elma.predict import predict_all_exits
 
     if not args.question.strip() or not args.context.strip():
-        raise ElmaError("--question and --context must not be empty")
+        raise UsageError("--question and --context must not be empty")
     model, tokenizer = load_model(args.model)
     ex = Example("demo", "", args.question, args.context, (), False)
     print(f"Q: {args.question}")
@@ -227,10 +230,10 @@ def cmd_export(args) -> int:
                               int8_keep_fp32=None if args.int8_keep_fp32 is None
                               else tuple(r for r in args.int8_keep_fp32 if r))
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     model = Path(args.model) if args.model else default_model_dir()
     if not model.is_dir():
-        raise ElmaError(f"{model}: no such model folder; pass one trained with `elma train`")
+        raise ModelLoadError(f"{model}: no such model folder; pass one trained with `elma train`")
     print(export_summary(export_bundle(model, Path(args.output), config)))
     return 0
 
@@ -250,7 +253,7 @@ def cmd_build_engines(args) -> int:
     try:
         config = EngineBuildConfig(fp16=args.fp16, workspace_mb=args.workspace, max_batch=args.max_batch)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     report = build_engines(Path(args.bundle), config)
     print(f"built {len(report.plans)} engines in {report.bundle} with TensorRT {report.tensorrt_version} for "
           f"{report.gpu_name} (compute capability {report.compute_capability}) in {report.wall_s:.1f} s")
@@ -284,7 +287,7 @@ def cmd_power_sample(args) -> int:
     from elma.power import PowerConfig, PowerSampler, measure, open_meter, write_trace_csv
 
     if args.duration is not None and args.duration <= 0:
-        raise ElmaError(f"--duration must be positive (got {args.duration})")
+        raise UsageError(f"--duration must be positive (got {args.duration})")
     known = {f.name for f in fields(PowerConfig)}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}
     if args.tegrastats_cmd is not None:
@@ -295,7 +298,7 @@ def cmd_power_sample(args) -> int:
         sampler = PowerSampler(meter, interval_s=config.interval_ms / 1000.0, max_samples=config.max_samples,
                                retry_s=config.retry_s)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     sampler.start()
     begin_s = sampler.clock()
     deadline_s = None if args.duration is None else sampler.clock() + args.duration
@@ -340,14 +343,14 @@ def cmd_calibrate(args) -> int:
     from elma.runtime.engine import Runtime, is_bundle
 
     if not is_bundle(args.bundle):
-        raise ElmaError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
+        raise BundleError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     examples = load_squad(Path(args.data), check_offsets=False)
     try:
         with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
             report = calibrate(rt, examples, args.max_f1_drop, policies, args.default, args.batch_size)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     if not args.dry_run:
         write_calibration(Path(args.bundle), report, Path(args.data).name)
     print(f"full depth: F1 {report.full_depth.f1:.2f}, {report.full_depth.mean_layers:.2f} layers "
@@ -377,7 +380,7 @@ def cmd_sync(args) -> int:
     try:
         config = OffloadConfig(args.server, token=read_token_file(args.token_file), upload_batch_size=args.batch_size)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     with RecordQueue(Path(args.queue) if args.queue else default_queue_path()) as queue:
         if not args.upload:
             print(f"{queue.count(pending_only=True)} of {queue.count()} records pending in {queue.path} (pass --upload)")
@@ -412,7 +415,7 @@ def cmd_finetune(args) -> int:
         config = FinetuneConfig(errors_db=args.errors, base_model=args.base, output_dir=args.output,
                                 train_files=tuple(args.train_file), heldout_file=args.heldout, **values)
     except ValueError as err:
-        raise ElmaError(str(err)) from err
+        raise UsageError(str(err)) from err
     r = finetune(config)
     print(f"{r.error_examples} error examples ({r.skipped_records} records skipped) + {r.original_examples} original, "
           f"{r.train_steps} steps; full-depth F1 on {args.heldout}: {r.base_f1:.2f} -> {r.new_f1:.2f}")
@@ -438,14 +441,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except ElmaError as err:
-        print(f"elma {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"elma {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reported(f"elma {args.command}", lambda: args.func(args), plain_errors=(OSError,))
 
 
 if __name__ == "__main__":

@@ -6,19 +6,17 @@ import logging
 import sys
 from typing import Callable, Tuple, Type
 
-from elma.errors import DataError, ElmaError
+from elma.errors import DataError, ElmaError, UsageError
+
+__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_MODEL", "UsageError", "run_reported"]
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
-
-
-class UsageError(Exception):
-    """Bad arguments or input: exit code 2."""
 
 
 def run_reported(prog: str, call: Callable[[], int], plain_errors: Tuple[Type[BaseException], ...] = ()) -> int:
     """Run ``call`` and turn every failure into one line on stderr and an exit code, never a traceback.
 
-    Usage and data errors exit 2; model, bundle and other errors exit 3; Ctrl-C exits 130.
+    Usage errors (an output already there included) and data errors exit 2; model, bundle and other errors exit 3; Ctrl-C exits 130.
     ``plain_errors`` are printed as they are (e.g. OSError from writing a report); anything else is
     reported as unexpected, with the traceback logged at debug level (``-v``).
     """

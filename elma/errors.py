@@ -9,12 +9,24 @@ class DataError(ElmaError):
     """A data file (SQuAD JSON, predictions, ...) is missing or malformed."""
 
 
+class UsageError(ElmaError):
+    """Bad arguments: the command line asks for something that cannot be done as asked (exit code 2)."""
+
+
+class OutputExistsError(UsageError):
+    """The output path is taken and nothing was asked to replace it (choose another path)."""
+
+
 class ModelLoadError(ElmaError):
     """A model folder is missing files or does not match its config."""
 
 
 class ExportError(ElmaError):
     """A model cannot be exported, or an exported piece does not reproduce its PyTorch step."""
+
+
+class ExportTargetExists(ExportError, OutputExistsError):
+    """``elma export -o`` names something already there (a bundle needs ``--overwrite``)."""
 
 
 class BundleError(ElmaError):

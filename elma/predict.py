@@ -17,6 +17,7 @@ import torch
 
 from elma.data.features import Window, WindowConfig, build_windows
 from elma.data.squad import Example
+from elma.metrics.answerability import null_auc, span_f1
 from elma.metrics.squad_v2 import squad_v2_scores
 from elma.model.multi_exit import MultiExitQA
 from elma.runtime.spans import SpanAnswer, decode_answer
@@ -122,10 +123,17 @@ def _finite(x: float) -> float:
 
 
 def score_exits(results: Sequence[ExitResult], examples: Sequence[Example]) -> List[dict]:
-    """Official scores of every exit (with its threshold applied), as plain dicts for JSON."""
+    """Official scores of every exit (with its threshold applied), as plain dicts for JSON.
+
+    Each row also splits the score into its parts (``elma.metrics.answerability``):
+    ``HasAns_span_f1`` (extraction, verdict ignored) and ``null_auc`` (answerability).
+    """
     gold = gold_map(examples)
     rows = []
     for res in results:
         scores = squad_v2_scores(gold, res.predictions(examples))
-        rows.append({"exit_layer": res.exit_layer, "null_threshold": res.null_threshold, **scores})
+        spans = {ex.qid: a.text for ex, a in zip(examples, res.answers)}
+        diffs = {ex.qid: a.null_score_diff for ex, a in zip(examples, res.answers)}
+        rows.append({"exit_layer": res.exit_layer, "null_threshold": res.null_threshold, **scores,
+                     "HasAns_span_f1": span_f1(spans, gold), "null_auc": null_auc(diffs, gold)})
     return rows

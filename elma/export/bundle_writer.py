@@ -26,7 +26,7 @@ import numpy as np
 
 import elma
 from elma.data.features import WindowConfig
-from elma.errors import ExportError, ModelLoadError
+from elma.errors import ExportError, ExportTargetExists, ModelLoadError
 from elma.export.onnx_export import export_step
 from elma.export.precision import INT8_KEEP_FP32, INT8_KINDS, to_fp16, to_int8
 from elma.export.specs import EMBEDDINGS_SPEC, EXIT_SPEC, FUSED_SPEC, GROUP_SPEC, SPECS, ExportConfig, LayerExportSpec
@@ -159,13 +159,13 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if not target.exists():
         return
     if not target.is_dir():
-        raise ExportError(f"{target}: exists and is not a folder; choose another -o")
+        raise ExportTargetExists(f"{target}: exists and is not a folder; choose another -o")
     if not any(target.iterdir()):
         return
     if not (target / MANIFEST_NAME).is_file():
-        raise ExportError(f"{target}: exists and is not a bundle; refusing to replace it, choose another -o")
+        raise ExportTargetExists(f"{target}: exists and is not a bundle; refusing to replace it, choose another -o")
     if not overwrite:
-        raise ExportError(f"{target}: a bundle is already there; pass --overwrite to replace it or choose another -o")
+        raise ExportTargetExists(f"{target}: a bundle is already there; pass --overwrite to replace it or choose another -o")
 
 
 def _resolve_max_seq_length(model, config: ExportConfig) -> int:

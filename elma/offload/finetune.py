@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from elma.errors import ElmaError
+from elma.errors import DataError, OutputExistsError
 from elma.fsutil import write_json
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     """Build the training set, train, compare, publish or refuse; see the module docstring.
 
     Raises:
-        ElmaError: the output exists, the store has no usable record, or a file is missing or malformed.
+        OutputExistsError: the output exists; DataError: the store has no usable record, or a file is missing or malformed.
     """
     from elma.data.squad import load_squad
     from elma.model.loading import load_model
@@ -138,7 +138,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     out = Path(config.output_dir)
     work = Path(f"{config.output_dir}.work")
     if out.exists():
-        raise ElmaError(f"{out} exists; choose a new --output (a published model is never overwritten)")
+        raise OutputExistsError(f"{out} exists; choose a new --output (a published model is never overwritten)")
     info = model_folder_info(config.base_model)
     heldout = load_squad(Path(config.heldout_file))
     store = RecordStore(config.errors_db)
@@ -148,7 +148,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         store.close()
     errors, skipped = record_examples(rows)
     if not errors:
-        raise ElmaError(f"no usable error records in {RecordStore.engine_url(config.errors_db)} ({len(rows)} records, "
+        raise DataError(f"no usable error records in {RecordStore.engine_url(config.errors_db)} ({len(rows)} records, "
                         f"{skipped} without a label in their context); devices upload them with `elma sync --upload`")
     originals = original_sample(config.train_files, round(config.original_per_error * len(errors)), config.seed)
     if work.exists():

@@ -20,7 +20,7 @@ import torch
 
 from elma.data.features import WindowConfig, build_windows
 from elma.data.squad import load_many
-from elma.errors import ElmaError
+from elma.errors import ModelLoadError, OutputExistsError, UsageError
 from elma.fsutil import atomic_write, write_json
 from elma.model.multi_exit import CONFIG_NAME, ExitConfig, MultiExitQA
 from elma.tokenization import load_tokenizer, pad_token_id, save_tokenizer
@@ -108,7 +108,7 @@ def build_model(config: TrainConfig) -> Tuple[MultiExitQA, object]:
         model = MultiExitQA.from_backbone(path, window)
         tok_src = config.tokenizer or path
     else:
-        raise ElmaError(f"{path}: not a model folder or encoder config.json")
+        raise ModelLoadError(f"{path}: not a model folder or encoder config.json")
     return model, load_tokenizer(tok_src)
 
 
@@ -137,9 +137,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
     if resume and not ckpt_path.is_file():
-        raise ElmaError(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+        raise UsageError(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
     if not resume and ckpt_path.is_file():
-        raise ElmaError(f"{ckpt_path}: a checkpoint exists; add --resume to continue it or choose another -o")
+        raise OutputExistsError(f"{ckpt_path}: a checkpoint exists; add --resume to continue it or choose another -o")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -174,7 +174,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if resume:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if state["config"] != asdict(config):
-            raise ElmaError(f"{ckpt_path}: was written with other settings; resume with the same command")
+            raise UsageError(f"{ckpt_path}: was written with other settings; resume with the same command")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -50,6 +50,8 @@ def test_predict_then_evaluate_gives_the_calibrated_scores(trained, tmp_path):
     scores = json.loads(elma("evaluate", data, preds, "--na-probs", na).stdout)
     last = json.loads(exits.read_text())["exits"][-1]
     assert scores["total"] == 24 and scores["f1"] == pytest.approx(last["f1"])
+    assert 0 <= last["null_auc"] <= 100
+    assert last["HasAns_span_f1"] >= last["HasAns_f1"], "a no-answer verdict can only lose span F1"
     stored = json.loads((model / "eval_results.json").read_text())["exits"][-1]
     assert scores["f1"] == pytest.approx(stored["f1"]), "predict reproduces the score found at training time"
 
@@ -61,20 +63,20 @@ def test_demo_shows_every_exit(trained):
     assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["exit 1", "exit 2", "exit 3"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "no-such-model", "DATA", "-o", "OUT"], "no such model folder"),
-    (["predict", "MODEL", "DATA", "-o", "OUT", "--exit-layer", "9"], "--exit-layer must be in 1..3"),
-    (["evaluate", "NOT_SQUAD", "OUT"], "missing key 'data'"),
-    (["train", "MODEL", "--train-file", "DATA", "-o", "RUN", "--doc-stride", "999"], "doc_stride"),
+@pytest.mark.parametrize("args, message, code", [
+    (["predict", "no-such-model", "DATA", "-o", "OUT"], "no such model folder", 3),
+    (["predict", "MODEL", "DATA", "-o", "OUT", "--exit-layer", "9"], "--exit-layer must be in 1..3", 2),
+    (["evaluate", "NOT_SQUAD", "OUT"], "missing key 'data'", 2),
+    (["train", "MODEL", "--train-file", "DATA", "-o", "RUN", "--doc-stride", "999"], "doc_stride", 2),
 ])
-def test_bad_input_is_one_line_and_nothing_written(trained, tmp_path, args, message):
+def test_bad_input_is_one_line_and_nothing_written(trained, tmp_path, args, message, code):
     model, data = trained
     not_squad = tmp_path / "x.json"
     not_squad.write_text('{"hello": 1}')
     subst = {"MODEL": model, "DATA": data, "OUT": tmp_path / "out.json", "NOT_SQUAD": not_squad,
              "RUN": tmp_path / "run"}
     proc = elma(*[subst.get(a, a) for a in args], check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == code, "2: bad arguments or input data; 3: a model that cannot be used"
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.json").exists()

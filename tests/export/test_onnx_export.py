@@ -71,7 +71,7 @@ def test_elma_export_command(tiny_bundles, tmp_path, capsys):
     assert bundle.precision == "fp16" and bundle.max_seq_length == 48
     assert main(["export", str(model), "-o", str(out)]) == 2, "an existing bundle needs --overwrite"
     assert "pass --overwrite" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "c")]) == 2
+    assert main(["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "c")]) == 3
     assert "no such model folder" in capsys.readouterr().err
     shutil.rmtree(out)
 

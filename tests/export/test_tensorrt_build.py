@@ -231,7 +231,7 @@ def test_no_tensorrt_is_one_line_and_a_non_zero_exit(bundle, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(TensorRTUnavailable, match="not installed"):
         build_engines(bundle)
-    assert main(["build-engines", str(bundle)]) == 2
+    assert main(["build-engines", str(bundle)]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("elma build-engines: error: the Python module `tensorrt` is not installed")
     assert not list(bundle.glob("*.plan")) and load_bundle(bundle).engines is None, "bundle untouched"

@@ -122,7 +122,7 @@ def test_cli_spawns_tegrastats_for_a_duration(tmp_path, capsys):
 def test_cli_no_source_exits_non_zero_and_says_what_it_looked_for(tmp_path, capsys):
     code, out, err = run_cli(capsys, "--source", "auto", "--sysfs-root", str(tmp_path), "--jtop-socket", str(tmp_path / "s"),
                              "--tegrastats-cmd", str(tmp_path / "none"))
-    assert code == 2 and out == ""
+    assert code == 3 and out == "", "no source: exit 3, as elma-energy and elma-bench"
     assert err.startswith("elma power: error: no power source found") and "ina3221" in err and "jtop" in err
 
 
