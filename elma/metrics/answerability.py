@@ -40,17 +40,9 @@ def null_auc(null_score_diff: Dict[str, float], gold: Dict[str, List[str]]) -> O
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks of ``x``, tied values sharing their mean rank."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    start = 0
-    while start < len(x):
-        stop = start + 1
-        while stop < len(x) and sorted_x[stop] == sorted_x[start]:
-            stop += 1
-        ranks[order[start:stop]] = (start + stop + 1) / 2.0  # mean of ranks start+1 .. stop
-        start = stop
-    return ranks
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last copy of each distinct value
+    return ((last - counts + 1 + last) / 2.0)[inverse]
 
 
 def span_f1(spans: Dict[str, str], gold: Dict[str, List[str]]) -> Optional[float]:
