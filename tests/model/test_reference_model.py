@@ -24,7 +24,5 @@ def test_finds_the_demo_answer_and_exit_3_gives_it():
     model, tokenizer = load_model(str(MODEL))
     assert model.num_exits == 6 and len(model.exit_config.null_thresholds) == 6
     results = predict_all_exits(model, tokenizer, [Example("demo", "", DEMO_QUESTION, DEMO_CONTEXT, (), False)])
-    # every exit from 3 on ranks "Rollo" first among the spans; the thresholds calibrated on held-out real
-    # unanswerable questions are strict, so the deep exits call it too close to "no answer" (see the model card)
-    assert [r.answers[0].text for r in results[2:]] == ["Rollo"] * 4
-    assert results[2].answers[0].prediction == "Rollo"
+    # every exit from 3 on answers it: the first half of the model already finds the span
+    assert [r.answers[0].prediction for r in results[2:]] == ["Rollo"] * 4
