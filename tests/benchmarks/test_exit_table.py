@@ -18,4 +18,4 @@ def test_one_row_per_exit(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     assert lines[2].startswith("| 1 | 50.00 | 61.23 |") and "| - |" in lines[2]
-    assert "| 80.00 | 0.250 | 4 |" in lines[3]
+    assert "| 80.00 | - | - | 0.250 | 4 |" in lines[3], "span F1 and null AUC show '-' where a file lacks them"

@@ -90,7 +90,7 @@ def test_unsolvable_questions_are_offloaded_recorded_and_synced_once(answerer, d
         assert row["server_answer"] == full["text"] and queue.count(pending_only=True) == 0
         token_file.write_text("wrong-token\n")
         queue.add("q", "c", "", 1, 3, True)
-        assert elma_main(argv + ["--upload"]) == 2 and queue.count(pending_only=True) == 1  # HTTP 401: one line, exit 2
+        assert elma_main(argv + ["--upload"]) == 3 and queue.count(pending_only=True) == 1  # HTTP 401: one line, exit 3
     finally:
         server.stop()
 
