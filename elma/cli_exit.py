@@ -16,7 +16,8 @@ EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
 def run_reported(prog: str, call: Callable[[], int], plain_errors: Tuple[Type[BaseException], ...] = ()) -> int:
     """Run ``call`` and turn every failure into one line on stderr and an exit code, never a traceback.
 
-    Usage errors (an output already there included) and data errors exit 2; model, bundle and other errors exit 3; Ctrl-C exits 130.
+    Usage errors (an output already there included) and data errors exit 2; model, bundle and other
+    errors exit 3; Ctrl-C exits 130.
     ``plain_errors`` are printed as they are (e.g. OSError from writing a report); anything else is
     reported as unexpected, with the traceback logged at debug level (``-v``).
     """

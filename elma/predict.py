@@ -38,6 +38,13 @@ class ExitResult:
     def predictions(self, examples: Sequence[Example]) -> Dict[str, str]:
         return {ex.qid: a.prediction for ex, a in zip(examples, self.answers)}
 
+    def spans(self, examples: Sequence[Example]) -> Dict[str, str]:
+        """The best span of every example, verdict ignored ("" only where no span exists)."""
+        return {ex.qid: a.text for ex, a in zip(examples, self.answers)}
+
+    def null_score_diffs(self, examples: Sequence[Example]) -> Dict[str, float]:
+        return {ex.qid: a.null_score_diff for ex, a in zip(examples, self.answers)}
+
     def na_probs(self, examples: Sequence[Example]) -> Dict[str, float]:
         """sigmoid(null_score_diff - threshold): above 0.5 exactly when the verdict is no-answer.
 
@@ -111,9 +118,8 @@ def calibrate_null_thresholds(results: Sequence[ExitResult], examples: Sequence[
     gold = gold_map(examples)
     thresholds = []
     for res in results:
-        spans = {ex.qid: a.text for ex, a in zip(examples, res.answers)}
-        diffs = {ex.qid: _finite(a.null_score_diff) for ex, a in zip(examples, res.answers)}
-        scores = squad_v2_scores(gold, spans, na_probs=diffs)
+        diffs = {qid: _finite(d) for qid, d in res.null_score_diffs(examples).items()}
+        scores = squad_v2_scores(gold, res.spans(examples), na_probs=diffs)
         thresholds.append(float(scores["best_f1_thresh"]))
     return thresholds
 
@@ -132,8 +138,7 @@ def score_exits(results: Sequence[ExitResult], examples: Sequence[Example]) -> L
     rows = []
     for res in results:
         scores = squad_v2_scores(gold, res.predictions(examples))
-        spans = {ex.qid: a.text for ex, a in zip(examples, res.answers)}
-        diffs = {ex.qid: a.null_score_diff for ex, a in zip(examples, res.answers)}
         rows.append({"exit_layer": res.exit_layer, "null_threshold": res.null_threshold, **scores,
-                     "HasAns_span_f1": span_f1(spans, gold), "null_auc": null_auc(diffs, gold)})
+                     "HasAns_span_f1": span_f1(res.spans(examples), gold),
+                     "null_auc": null_auc(res.null_score_diffs(examples), gold)})
     return rows
