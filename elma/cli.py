@@ -4,7 +4,8 @@ finetune.
 Library code logs and returns; only this module prints. Every error ends as one
 line on stderr, never a traceback, with the exit codes of the other console
 scripts (``elma.cli_exit``): 2 for bad arguments or input data, 3 for a model,
-bundle, engine or power source that cannot be used (or an unexpected failure).
+bundle, engine, power source or offload server that cannot be used (or an
+unexpected failure).
 Heavy modules (torch, transformers) are imported inside the commands that need them.
 """
 
