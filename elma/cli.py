@@ -41,6 +41,11 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from output-dir/checkpoint.pt")
     p.add_argument("--two-stage", action="store_true", help="freeze encoder and last head, train earlier heads")
     p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
+    p.add_argument("--exit-weights", help="exits' loss weights: linear (default, l/sum l), uniform, or w1,...,wL")
+    p.add_argument("--answerability-head", action="store_true",
+                   help="new models: an answerability head per exit on the CLS state, read by the null score")
+    p.add_argument("--answerability-weight", type=float, help="weight of its binary loss (default 1)")
+    p.add_argument("--freeze-word-embeddings", action="store_true", help="keep the word-embedding matrix fixed")
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
     for name, typ in [("max-seq-length", int), ("doc-stride", int), ("max-query-length", int), ("batch-size", int),
                       ("learning-rate", float), ("weight-decay", float), ("warmup-ratio", float), ("epochs", float),

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -41,10 +41,38 @@ class ExitConfig:
     max_seq_length: int = 384  # window geometry the model was trained with
     doc_stride: int = 128
     max_query_length: int = 64
+    # A second head per exit, Linear(hidden, 1) on the CLS state: an answerability logit (> 0 leans to "no
+    # answer") added to CLS's start and end logits, so the null score reads it and exported graphs keep their
+    # two outputs. Trained with the span loss and, in `elma train`, a binary loss on the has-answer label.
+    answerability_head: bool = False
+
+
+class ExitLogits(NamedTuple):
+    start: torch.Tensor  # (L, B, T), padding set to MASK_FILL
+    end: torch.Tensor  # (L, B, T)
+    null: Optional[torch.Tensor]  # (L, B) answerability logits, None without answerability heads
+
+
+def exit_logits(head: nn.Linear, null_head: Optional[nn.Linear], hidden: torch.Tensor,
+                attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One exit: (B, T, H) hidden states -> start, end (B, T) and the answerability logit (B,) or None.
+
+    The one definition of an exit's output, shared by the model and its exported steps.
+    """
+    logits = head(hidden)  # (B, T, 2)
+    start, end = logits[..., 0], logits[..., 1]
+    null = None
+    if null_head is not None:
+        null_col = null_head(hidden[:, :1, :]).squeeze(-1)  # (B, 1), read from CLS
+        start = torch.cat([start[:, :1] + null_col, start[:, 1:]], dim=1)
+        end = torch.cat([end[:, :1] + null_col, end[:, 1:]], dim=1)
+        null = null_col.squeeze(-1)
+    pad = attention_mask == 0  # (B, T)
+    return start.masked_fill(pad, MASK_FILL), end.masked_fill(pad, MASK_FILL), null
 
 
 class MultiExitQA(nn.Module):
-    """Encoder + one ``Linear(hidden, 2)`` QA head per layer.
+    """Encoder + one ``Linear(hidden, 2)`` QA head per layer (and, optionally, an answerability head).
 
     Args:
         encoder_config: a ``transformers`` config (``AlbertConfig``, ``BertConfig``, ...).
@@ -64,7 +92,9 @@ class MultiExitQA(nn.Module):
         self.encoder = encoder if encoder is not None else AutoModel.from_config(encoder_config, add_pooling_layer=False)
         self.config = self.encoder.config
         self.exits = nn.ModuleList(nn.Linear(self.config.hidden_size, 2) for _ in range(n_layers))
-        for head in self.exits:
+        self.null_heads = (nn.ModuleList(nn.Linear(self.config.hidden_size, 1) for _ in range(n_layers))
+                           if self.exit_config.answerability_head else None)
+        for head in [*self.exits, *(self.null_heads or [])]:
             nn.init.normal_(head.weight, std=self.config.initializer_range)
             nn.init.zeros_(head.bias)
 
@@ -82,15 +112,22 @@ class MultiExitQA(nn.Module):
         Returns:
             start_logits, end_logits: (L, B, T) float tensors, padded positions set to ``MASK_FILL``.
         """
+        out = self.all_exits(input_ids, attention_mask, token_type_ids)
+        return out.start, out.end
+
+    def all_exits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  token_type_ids: Optional[torch.Tensor] = None) -> ExitLogits:
+        """Like ``forward``, plus the answerability logits (what training needs)."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states[1:]  # L tensors of (B, T, H); [0] is the embedding output
         assert len(hidden) == self.num_exits, f"encoder gave {len(hidden)} layers, expected {self.num_exits}"
-        logits = torch.stack([head(h) for head, h in zip(self.exits, hidden)])  # (L, B, T, 2)
-        pad = attention_mask.eq(0).unsqueeze(0)  # (1, B, T)
-        start = logits[..., 0].masked_fill(pad, MASK_FILL)
-        end = logits[..., 1].masked_fill(pad, MASK_FILL)
-        return start, end
+        null_heads = self.null_heads if self.null_heads is not None else [None] * self.num_exits
+        parts = [exit_logits(head, nh, h, attention_mask) for head, nh, h in zip(self.exits, null_heads, hidden)]
+        start = torch.stack([p[0] for p in parts])
+        end = torch.stack([p[1] for p in parts])
+        null = torch.stack([p[2] for p in parts]) if self.null_heads is not None else None
+        return ExitLogits(start, end, null)
 
     # ---- persistence -------------------------------------------------------------------------
 

@@ -19,13 +19,13 @@ Integer inputs may be int32 (what TensorRT 8.x takes as engine inputs) or int64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from elma.errors import ModelLoadError
-from elma.model.multi_exit import MASK_FILL, MultiExitQA
+from elma.model.multi_exit import MASK_FILL, MultiExitQA, exit_logits
 
 SUPPORTED_MODEL_TYPES = ("albert", "bert")  # MiniLM checkpoints are model_type "bert"
 
@@ -78,15 +78,13 @@ class LayerStep(nn.Module):
 class ExitStep(nn.Module):
     """(hidden, attention_mask) -> (start_logits, end_logits), each (B, T) with padding set to ``MASK_FILL``."""
 
-    def __init__(self, head: nn.Linear):
+    def __init__(self, head: nn.Linear, null_head: Optional[nn.Linear] = None):
         super().__init__()
         self.head = head
+        self.null_head = null_head
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(hidden)  # (B, T, 2)
-        pad = attention_mask == 0  # (B, T)
-        start = logits[..., 0].masked_fill(pad, MASK_FILL)
-        end = logits[..., 1].masked_fill(pad, MASK_FILL)
+        start, end, _ = exit_logits(self.head, self.null_head, hidden, attention_mask)
         return start, end
 
 
@@ -175,7 +173,8 @@ def model_steps(model: MultiExitQA) -> ModelSteps:
         layer_groups = tuple(layer_to_group(i, num_layers, config.num_hidden_groups) for i in range(num_layers))
     else:
         raise ModelLoadError(f"no per-layer export for model_type {kind!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    exits = [ExitStep(head) for head in model.exits]
+    null_heads = model.null_heads if model.null_heads is not None else [None] * len(model.exits)
+    exits = [ExitStep(head, nh) for head, nh in zip(model.exits, null_heads)]
     assert len(exits) == num_layers, f"{len(exits)} exit heads for {num_layers} layers"
     # Inference only. Wrappers start in training mode, and an exporter that restores a wrapper's mode would
     # switch the wrapped dropout layers back on: every step is put in eval mode here, once.

@@ -25,7 +25,7 @@ from elma.fsutil import atomic_write, write_json
 from elma.model.multi_exit import CONFIG_NAME, ExitConfig, MultiExitQA
 from elma.tokenization import load_tokenizer, pad_token_id, save_tokenizer
 from elma.train.batching import collate, epoch_batches
-from elma.train.losses import multi_exit_loss
+from elma.train.losses import multi_exit_loss, parse_exit_weights
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -52,6 +52,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     distill_rate: float = 0.0  # a in (1-a)*span + a*KL(last exit || earlier exits)
     temperature: float = 2.0  # distillation softmax temperature
+    exit_weights: str = "linear"  # exits' loss weights: linear (l/sum l), uniform, or a comma list
+    answerability_head: bool = False  # new models: an answerability head per exit (ExitConfig.answerability_head)
+    answerability_weight: float = 1.0  # weight of the answerability heads' binary loss
+    freeze_word_embeddings: bool = False  # keep the word-embedding matrix fixed (half of MiniLM's weights)
     two_stage: bool = False  # freeze the encoder and the last head, train the earlier heads
     group_by_length: bool = True  # batch windows of similar length (less padding)
     bf16: bool = False  # CPU autocast to bfloat16 (about 1.5x faster on AVX512-BF16 CPUs); weights stay fp32
@@ -75,6 +79,9 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0 (got {self.temperature})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
+        if self.answerability_weight < 0:
+            raise ValueError(f"answerability_weight must be >= 0 (got {self.answerability_weight})")
+        parse_exit_weights(self.exit_weights)
         WindowConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
 
 
@@ -93,7 +100,7 @@ def build_model(config: TrainConfig) -> Tuple[MultiExitQA, object]:
     """The model to train and its tokenizer, from whatever ``config.model`` points at."""
     path = Path(config.model)
     window = dict(max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
-                  max_query_length=config.max_query_length)
+                  max_query_length=config.max_query_length, answerability_head=config.answerability_head)
     if path.is_file() and path.suffix == ".json":
         from transformers import AutoConfig
 
@@ -104,6 +111,8 @@ def build_model(config: TrainConfig) -> Tuple[MultiExitQA, object]:
     elif (path / CONFIG_NAME).is_file() and "elma" in json.loads((path / CONFIG_NAME).read_text()):
         model = MultiExitQA.from_pretrained(path)
         tok_src = config.tokenizer or path
+        if config.answerability_head and not model.exit_config.answerability_head:
+            raise UsageError(f"{path}: this model has no answerability heads; --answerability-head is for new models")
     elif path.is_dir():
         model = MultiExitQA.from_backbone(path, window)
         tok_src = config.tokenizer or path
@@ -145,6 +154,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     torch.manual_seed(config.seed)
 
     model, tokenizer = build_model(config)
+    try:
+        parse_exit_weights(config.exit_weights, model.num_exits)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     examples = load_many([Path(f) for f in config.train_files])
     if config.max_examples:
         examples = examples[: config.max_examples]
@@ -166,7 +179,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             p.requires_grad_(False)
         for p in model.exits[-1].parameters():
             p.requires_grad_(False)
+        if model.null_heads is not None:
+            model.null_heads[-1].requires_grad_(False)
         train_exits = slice(0, model.num_exits - 1)
+    if config.freeze_word_embeddings:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
     optimizer = _optimizer(model, config)
     scheduler = _linear_schedule(optimizer, warmup, total)
 
@@ -196,9 +213,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 break
             batch = collate([windows[i] for i in idx], pad_id)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                start, end = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            parts = multi_exit_loss(start.float(), end.float(), batch["start_positions"], batch["end_positions"],
-                                    config.distill_rate, config.temperature, train_exits)
+                logits = model.all_exits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            parts = multi_exit_loss(logits.start.float(), logits.end.float(), batch["start_positions"],
+                                    batch["end_positions"], config.distill_rate, config.temperature, train_exits,
+                                    config.exit_weights, logits.null, config.answerability_weight)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -213,8 +231,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 elapsed = time.monotonic() - t_start
                 rate = real_tokens / max(elapsed, 1e-9)
                 eta_s = elapsed / len(losses) * (total - step)
-                logger.info("step %d/%d loss %.4f span %.4f distill %.4f per-exit %s lr %.2e %.0f tok/s ETA %.0f min",
-                            step, total, _mean(losses[-config.log_every:]), parts.span.item(), parts.distill.item(),
+                logger.info("step %d/%d loss %.4f span %.4f distill %.4f answerability %.4f per-exit %s lr %.2e "
+                            "%.0f tok/s ETA %.0f min", step, total, _mean(losses[-config.log_every:]),
+                            parts.span.item(), parts.distill.item(), parts.answerability.item(),
                             " ".join(f"{x:.2f}" for x in parts.per_exit.tolist()),
                             scheduler.get_last_lr()[0], rate, eta_s / 60)
             if step % config.save_every == 0 or step == total:

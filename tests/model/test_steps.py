@@ -90,3 +90,22 @@ def test_unsupported_layouts_are_refused():
     model.config.model_type = "roberta"
     with pytest.raises(ModelLoadError, match="supported: albert, bert"):
         model_steps(model)
+
+
+def test_steps_carry_the_answerability_heads():
+    """An exported exit step reads the answerability head exactly as the model does (same null score)."""
+    from elma.model.multi_exit import ExitConfig
+
+    cfg = tiny_config("bert")
+    torch.manual_seed(0)
+    encoder_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    model = MultiExitQA(encoder_config, ExitConfig(encoder_config.num_hidden_layers, answerability_head=True)).eval()
+    with torch.no_grad():
+        for head in model.null_heads:
+            head.bias.fill_(3.0)
+    ids, mask, types = batch()
+    with torch.no_grad():
+        want = model.all_exits(ids, mask, types)
+        start, end = model_steps(model).run_all_exits(ids, mask, types)
+    assert torch.equal(start, want.start) and torch.equal(end, want.end)
+    assert torch.all(want.null > 2.0), "the null logit is the head's output"

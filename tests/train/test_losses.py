@@ -5,7 +5,13 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-from elma.train.losses import depth_weights, distill_loss, multi_exit_loss, span_loss_per_exit  # noqa: E402
+from elma.train.losses import (  # noqa: E402
+    answerability_loss_per_exit,
+    depth_weights,
+    distill_loss,
+    multi_exit_loss,
+    span_loss_per_exit,
+)
 
 
 def logits(layers=3, batch=2, seq=5, seed=0):
@@ -16,6 +22,26 @@ def logits(layers=3, batch=2, seq=5, seed=0):
 def test_depth_weights_favour_deeper_exits_and_sum_to_one():
     w = depth_weights(4)
     assert torch.allclose(w, torch.tensor([1, 2, 3, 4]) / 10.0)
+
+
+def test_uniform_and_listed_exit_weights():
+    assert torch.allclose(depth_weights(4, scheme="uniform"), torch.full((4,), 0.25))
+    assert torch.allclose(depth_weights(3, scheme="1,1,2"), torch.tensor([0.25, 0.25, 0.5]))
+    with pytest.raises(ValueError, match="2 values for 3 exits"):
+        depth_weights(3, scheme="1,2")
+
+
+def test_answerability_loss_is_bce_on_the_no_answer_label_and_joins_the_span_loss():
+    null = torch.tensor([[0.0, 0.0], [2.0, -2.0]])  # (L=2, B=2) logits, > 0 leans to "no answer"
+    pos = torch.tensor([0, 3])  # the first question has no answer
+    per_exit = answerability_loss_per_exit(null, pos)
+    assert torch.allclose(per_exit[0], torch.tensor(math.log(2.0)))
+    assert torch.allclose(per_exit[1], torch.tensor(math.log1p(math.exp(-2.0))))
+    start, end = logits(layers=2)
+    plain = multi_exit_loss(start, end, pos, pos, exit_weights="uniform")
+    both = multi_exit_loss(start, end, pos, pos, exit_weights="uniform", null=null, answerability_weight=0.5)
+    assert torch.allclose(both.answerability, per_exit.mean())
+    assert torch.allclose(both.total, plain.total + 0.5 * per_exit.mean())
 
 
 def test_uniform_logits_give_log_seq_len():

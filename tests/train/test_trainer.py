@@ -92,3 +92,54 @@ def test_two_stage_trains_only_the_earlier_heads(config):
     assert changed and all(k.startswith("exits.") for k in changed), "the encoder is frozen"
     assert not any(k.startswith("exits.2.") for k in changed), "the last head is frozen"
     assert any(k.startswith("exits.0.") for k in changed)
+
+
+def test_answerability_heads_train_save_and_reload(config):
+    """--answerability-head: new weights per exit that train, save and load back, and move the null score."""
+    train(replace(config, answerability_head=True, max_steps=4))
+    model = MultiExitQA.from_pretrained(config.output_dir)
+    assert model.exit_config.answerability_head and len(model.null_heads) == model.num_exits
+    state = model.state_dict()
+    assert any(state[f"null_heads.{i}.bias"].abs().item() > 0 for i in range(model.num_exits)), "the heads trained"
+    ids = torch.tensor([[2, 40, 41, 3, 50, 51, 52, 3]])
+    mask, types = torch.ones_like(ids), torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model.all_exits(ids, mask, types)
+        model.null_heads = None  # the same encoder without the heads: only CLS's logits change, by the null logit
+        bare = model.all_exits(ids, mask, types)
+    assert torch.allclose(out.start[:, :, 0], bare.start[:, :, 0] + out.null, atol=1e-6)
+    assert torch.equal(out.start[:, :, 1:], bare.start[:, :, 1:]) and torch.equal(out.end[:, :, 1:], bare.end[:, :, 1:])
+
+
+def test_frozen_word_embeddings_stay_put_and_the_rest_trains(config):
+    first = Path(config.output_dir)
+    train(replace(config, max_steps=1))
+    before = MultiExitQA.from_pretrained(first).state_dict()
+    second = replace(config, model=str(first), tokenizer=None, output_dir=str(first.parent / "frozen"),
+                     freeze_word_embeddings=True, max_steps=3)
+    train(second)
+    after = MultiExitQA.from_pretrained(second.output_dir).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "encoder.embeddings.word_embeddings.weight" not in changed
+    assert "encoder.embeddings.position_embeddings.weight" in changed and any(k.startswith("exits.") for k in changed)
+
+
+def test_answerability_head_on_a_model_without_one_is_refused(config):
+    first = Path(config.output_dir)
+    train(replace(config, max_steps=1))
+    with pytest.raises(ElmaError, match="no answerability heads"):
+        train(replace(config, model=str(first), tokenizer=None, output_dir=str(first.parent / "b"),
+                      answerability_head=True, max_steps=1))
+    assert not (first.parent / "b" / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.parametrize("bad", ["linear2", "1,-1,1", "0,0,0", "a,b,c"])
+def test_bad_exit_weights_are_refused_in_the_config(config, bad):
+    with pytest.raises(ValueError, match="exit weights"):
+        replace(config, exit_weights=bad)
+
+
+def test_exit_weights_for_another_depth_are_refused_before_training(config):
+    with pytest.raises(ElmaError, match="2 values for 3 exits"):
+        train(replace(config, exit_weights="1,2"))
+    assert not (Path(config.output_dir) / CHECKPOINT_NAME).exists()
