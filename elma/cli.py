@@ -282,6 +282,7 @@ def cmd_build_engines(args) -> int:
     report = build_engines(Path(args.bundle), config)
     print(f"built {len(report.plans)} engines in {report.bundle} with TensorRT {report.tensorrt_version} for "
           f"{report.gpu_name} (compute capability {report.compute_capability}) in {report.wall_s:.1f} s")
+    return 0
 
 
 def _add_power(sub) -> None:
