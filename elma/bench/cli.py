@@ -5,8 +5,8 @@
 
 Exit codes: 0 done, 2 usage or input error (missing file, not SQuAD, no questions, bad policy, an output that
 is already there without --overwrite; no report is written), 3 model or bundle error, or a report that cannot
-be written. Errors are one line on stderr. Only
-the standard library is imported at module level, so ``elma-bench --help`` works without onnxruntime or torch.
+be written. Errors are one line on stderr. Only the standard library is imported at module level, so
+``elma-bench --help`` works without onnxruntime or torch.
 """
 
 from __future__ import annotations
