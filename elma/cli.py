@@ -3,7 +3,9 @@ finetune.
 
 Library code logs and returns; only this module prints. Every error ends as one
 line on stderr, never a traceback, with the exit codes of the other console
-scripts (``elma.cli_exit``): 2 for bad arguments or input data, 3 for a model,
+scripts (``elma.cli_exit``): 2 for bad arguments or input data (an output that
+is already there included: every command checks its outputs before any work and
+replaces one only with --overwrite, ``elma.fsutil.check_outputs``), 3 for a model,
 bundle, engine, power source or offload server that cannot be used (or an
 unexpected failure).
 Heavy modules (torch, transformers) are imported inside the commands that need them.
@@ -20,6 +22,7 @@ from typing import List, Optional
 
 from elma.cli_exit import UsageError, run_reported
 from elma.errors import BundleError, ModelLoadError
+from elma.fsutil import Output, check_outputs
 
 logger = logging.getLogger("elma")
 
@@ -31,6 +34,12 @@ DEMO_CONTEXT = (
 DEMO_QUESTION = "Who was the leader of the Norse raiders?"
 
 
+def _add_overwrite(p, what: str) -> None:
+    """The one --overwrite flag every writing command takes."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} that is already there (refused otherwise, "
+                   "exit 2); the old one stays until the new one is complete")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a multi-exit QA model")
     p.add_argument("model", help="pretrained HF encoder folder, ELMA model folder, or encoder config.json")
@@ -39,6 +48,7 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-file", help="held-out SQuAD file: per-exit scores and null-threshold calibration")
     p.add_argument("--tokenizer", help="tokenizer.json, spiece.model or folder (default: the model's)")
     p.add_argument("--resume", action="store_true", help="continue from output-dir/checkpoint.pt")
+    _add_overwrite(p, "an earlier run's output folder")
     p.add_argument("--two-stage", action="store_true", help="freeze encoder and last head, train earlier heads")
     p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
     p.add_argument("--exit-weights", help="exits' loss weights: linear (default, l/sum l), uniform, or w1,...,wL")
@@ -68,7 +78,7 @@ def cmd_train(args) -> int:
         config = TrainConfig(**values)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "wall_s": round(result.wall_s, 1),
                       "tokens_per_s": round(result.tokens_per_s, 1), "output_dir": config.output_dir,
                       "eval": result.eval}, indent=2))
@@ -90,19 +100,22 @@ def _add_prepare(sub) -> None:
     p.add_argument("--repeat-real-negatives", type=int, default=1, metavar="K",
                    help="each real unanswerable training question appears K times")
     p.add_argument("--seed", type=int, default=13)
+    _add_overwrite(p, "an earlier prepare-data output folder")
     p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args) -> int:
-    from elma.data.prepare import prepare
+    from elma.data.prepare import SPLIT_JSON, prepare
 
+    check_outputs([Output(args.output_dir, "-o", folder=True, what="a prepare-data output", replaces=(SPLIT_JSON,))],
+                  args.overwrite, inputs=[*args.files, args.holdout_from])
     try:
         stats = prepare([Path(f) for f in args.files], Path(args.output_dir),
                         Path(args.holdout_from) if args.holdout_from else None,
                         args.holdout_articles, args.negative_rate, args.seed,
                         holdout_titles=args.holdout_title, heldout_negative_rate=args.heldout_negative_rate,
                         recipes=[r for r in args.negative_recipes.split(",") if r],
-                        repeat_real=args.repeat_real_negatives)
+                        repeat_real=args.repeat_real_negatives, overwrite=args.overwrite)
     except ValueError as err:
         raise UsageError(str(err)) from err
     print(json.dumps(stats.__dict__, indent=2))
@@ -118,6 +131,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--exit-layer", type=int, help="answer from this exit (1-based; default: the last)")
     p.add_argument("--all-exits-out", help="per-exit official scores JSON (needs gold answers in DATA)")
     p.add_argument("--batch-size", type=int, default=64)
+    _add_overwrite(p, "an output file")
     p.set_defaults(func=cmd_predict)
 
 
@@ -127,6 +141,8 @@ def cmd_predict(args) -> int:
     from elma.model.loading import load_model
     from elma.predict import predict_all_exits, score_exits
 
+    check_outputs([Output(args.output, "-o"), Output(args.na_probs_out, "--na-probs-out"),
+                   Output(args.all_exits_out, "--all-exits-out")], args.overwrite, inputs=[args.data, args.model])
     examples = load_squad(Path(args.data), check_offsets=False)
     model, tokenizer = load_model(args.model)
     layer = args.exit_layer or model.num_exits
@@ -134,11 +150,11 @@ def cmd_predict(args) -> int:
         raise UsageError(f"--exit-layer must be in 1..{model.num_exits} (got {layer})")
     results = predict_all_exits(model, tokenizer, examples, batch_size=args.batch_size, progress=True)
     chosen = results[layer - 1]
-    write_json(Path(args.output), chosen.predictions(examples))
+    write_json(Path(args.output), chosen.predictions(examples), args.overwrite)
     if args.na_probs_out:
-        write_json(Path(args.na_probs_out), chosen.na_probs(examples))
+        write_json(Path(args.na_probs_out), chosen.na_probs(examples), args.overwrite)
     if args.all_exits_out:
-        write_json(Path(args.all_exits_out), {"data": args.data, "exits": score_exits(results, examples)})
+        write_json(Path(args.all_exits_out), {"data": args.data, "exits": score_exits(results, examples)}, args.overwrite)
     print(f"wrote {len(examples)} predictions of exit {layer} to {args.output}")
     return 0
 
@@ -165,19 +181,25 @@ def _add_convert(sub) -> None:
     p.add_argument("model", help="ELMA model folder")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    _add_overwrite(p, "an ELMA model folder at -o")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
     import torch
 
+    from elma.fsutil import staged_dir
     from elma.model.loading import load_model
+    from elma.model.multi_exit import CONFIG_NAME
     from elma.tokenization import save_tokenizer
 
+    check_outputs([Output(args.output_dir, "-o", folder=True, what="an ELMA model folder", replaces=(CONFIG_NAME,))],
+                  args.overwrite, inputs=[args.model])
     model, tokenizer = load_model(args.model)
     out = Path(args.output_dir)
-    model.save_pretrained(out, dtype=getattr(torch, args.dtype))
-    save_tokenizer(tokenizer, out)
+    with staged_dir(out, args.overwrite) as tmp:
+        model.save_pretrained(tmp, dtype=getattr(torch, args.dtype))
+        save_tokenizer(tokenizer, tmp)
     size_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     print(f"wrote {out} ({args.dtype}, {size_mb:.1f} MB)")
     return 0
@@ -220,7 +242,7 @@ def _add_export(sub) -> None:
                    "output projection; '' quantises every weight MatMul)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset: 17 (native LayerNormalization) or 13 for TensorRT < 8.6")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript", help="torch.onnx exporter")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
+    _add_overwrite(p, "a bundle at -o")
     p.add_argument("--threads", type=int, help="torch threads while exporting (default: torch's)")
     p.set_defaults(func=cmd_export)
 
@@ -250,19 +272,22 @@ def _add_build_engines(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="allow fp16 kernels (normalisation layers stay fp32)")
     p.add_argument("--workspace", type=int, default=1024, metavar="MB", help="builder workspace limit in MiB")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the engines accept")
+    _add_overwrite(p, "the engines a bundle already has")
     p.set_defaults(func=cmd_build_engines)
 
 
 def cmd_build_engines(args) -> int:
-    from elma.export.tensorrt_build import EngineBuildConfig, build_engines
+    from elma.export.tensorrt_build import EngineBuildConfig, build_engines, check_engines_target
 
     try:
         config = EngineBuildConfig(fp16=args.fp16, workspace_mb=args.workspace, max_batch=args.max_batch)
     except ValueError as err:
         raise UsageError(str(err)) from err
+    check_engines_target(Path(args.bundle), args.overwrite)
     report = build_engines(Path(args.bundle), config)
     print(f"built {len(report.plans)} engines in {report.bundle} with TensorRT {report.tensorrt_version} for "
           f"{report.gpu_name} (compute capability {report.compute_capability}) in {report.wall_s:.1f} s")
+    return 0
 
 
 def _add_power(sub) -> None:
@@ -282,6 +307,7 @@ def _add_power(sub) -> None:
     s.add_argument("--retry-s", type=float, help="wait between attempts to reopen a failed source, s (default 1)")
     s.add_argument("--max-samples", type=int, help="sample buffer bound (default 1000000)")
     s.add_argument("--realtime-replay", action="store_true", default=None, help="replay at the recorded pace")
+    _add_overwrite(s, "a --csv file")
     s.set_defaults(func=cmd_power_sample)
 
 
@@ -294,6 +320,7 @@ def cmd_power_sample(args) -> int:
 
     if args.duration is not None and args.duration <= 0:
         raise UsageError(f"--duration must be positive (got {args.duration})")
+    check_outputs([Output(args.csv, "--csv")], args.overwrite)
     known = {f.name for f in fields(PowerConfig)}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}
     if args.tegrastats_cmd is not None:
@@ -320,7 +347,7 @@ def cmd_power_sample(args) -> int:
         begin_s, end_s = trace.samples[0].timestamp_s, trace.samples[-1].timestamp_s
     result = measure(trace, "run", begin_s, end_s)
     if args.csv:
-        write_trace_csv(Path(args.csv), trace)
+        write_trace_csv(Path(args.csv), trace, args.overwrite)
     report = {"source": meter.describe(), "samples": len(trace.samples), "dropped_samples": sampler.dropped_samples,
               "malformed_lines": getattr(meter, "malformed_lines", None), "measurement": asdict(result),
               "csv": args.csv}
@@ -340,16 +367,19 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
+    _add_overwrite(p, "a calibration the bundle already has")
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args) -> int:
     from elma.data.squad import load_squad
-    from elma.runtime.calibrate import calibrate, write_calibration
+    from elma.runtime.calibrate import calibrate, check_calibration_target, write_calibration
     from elma.runtime.engine import Runtime, is_bundle
 
     if not is_bundle(args.bundle):
         raise BundleError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
+    if not args.dry_run:
+        check_calibration_target(Path(args.bundle), args.overwrite)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     examples = load_squad(Path(args.data), check_offsets=False)
     try:

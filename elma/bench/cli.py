@@ -3,9 +3,10 @@
     elma-bench bundles/minilm --data dev-v2.0.json --policy entropy:0.4,0.4 --report-dir reports/minilm
     elma-bench bundles/minilm --data dev-v2.0.json --limit 500 --repeat 3 --sweep --report-dir reports/sweep
 
-Exit codes: 0 done, 2 usage or input error (missing file, not SQuAD, no questions, bad policy; no report is
-written), 3 model or bundle error, or a report that cannot be written. Errors are one line on stderr. Only
-the standard library is imported at module level, so ``elma-bench --help`` works without onnxruntime or torch.
+Exit codes: 0 done, 2 usage or input error (missing file, not SQuAD, no questions, bad policy, an output that
+is already there without --overwrite; no report is written), 3 model or bundle error, or a report that cannot
+be written. Errors are one line on stderr. Only the standard library is imported at module level, so
+``elma-bench --help`` works without onnxruntime or torch.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions-out", metavar="P.json", help="official-format predictions (id -> text)")
     p.add_argument("--na-probs-out", metavar="NA.json", help="official-format no-answer probabilities (id -> p)")
     p.add_argument("--report-dir", metavar="DIR", help="report folder (report.json, report.md, predictions, plots)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report-dir (an earlier report), "
+                   "--predictions-out or --na-probs-out, once the new one is complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -69,10 +72,21 @@ def check_model_and_policy(model: str, policy: Optional[str]) -> None:
         raise UsageError(f"{model}: no such bundle or model folder")
 
 
+def check_bench_outputs(args) -> None:
+    """Refuse (exit 2), before any work, an output that is already there unless --overwrite."""
+    from elma.fsutil import Output, check_outputs
+
+    check_outputs([Output(args.report_dir, "--report-dir", folder=True, what="an elma-bench report",
+                          replaces=("report.json",)),
+                   Output(args.predictions_out, "--predictions-out"), Output(args.na_probs_out, "--na-probs-out")],
+                  args.overwrite, inputs=[args.model, args.data])
+
+
 def _config(args):
     from elma.bench.runner import BenchConfig
 
     check_model_and_policy(args.model, args.policy)
+    check_bench_outputs(args)
     if args.torch_model is not None and not Path(args.torch_model, "config.json").is_file():
         raise UsageError(f"--torch-model {args.torch_model}: not an ELMA model folder (no config.json)")
     if args.measure_front and not args.sweep:
@@ -106,14 +120,15 @@ def run(args) -> int:
         result = run_bench(cfg, examples, on_stage=lambda s: logger.info("%s", s))
     except ValueError as err:
         raise UsageError(str(err)) from err
-    from elma.bench.report import write_json_file, write_report
+    from elma.bench.report import write_report
+    from elma.fsutil import write_json
 
     if args.predictions_out:
-        write_json_file(Path(args.predictions_out), result.predictions)
+        write_json(Path(args.predictions_out), result.predictions, overwrite=args.overwrite)
     if args.na_probs_out:
-        write_json_file(Path(args.na_probs_out), result.na_probs)
+        write_json(Path(args.na_probs_out), result.na_probs, overwrite=args.overwrite)
     if args.report_dir:  # last: a report folder means the run finished
-        write_report(result, Path(args.report_dir))
+        write_report(result, Path(args.report_dir), overwrite=args.overwrite)
     print(summary_line(result.report))
     if args.report_dir:
         print(f"report: {args.report_dir}")

@@ -1,7 +1,8 @@
 """The report folder: report.json, report.md, predictions, no-answer probabilities and (with a sweep) plots.
 
 The folder is written under a temporary name beside the target and renamed into place once every file is
-there, so a failed run leaves no partial report; an existing report at the target is replaced.
+there, so a failed run leaves no partial report; an existing report at the target is replaced only with
+``overwrite`` (``elma-bench --overwrite``), and only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -147,10 +148,14 @@ def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
     return written
 
 
-def write_report(run: BenchRun, target: Path) -> Path:
-    """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``."""
+def write_report(run: BenchRun, target: Path, overwrite: bool = False) -> Path:
+    """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``.
+
+    Raises:
+        OutputExistsError: ``target`` is a non-empty folder and ``overwrite`` is not set.
+    """
     target = Path(target)
-    with staged_dir(target) as tmp:
+    with staged_dir(target, overwrite) as tmp:
         report = run.report
         if report.sweep:
             try:
@@ -164,9 +169,3 @@ def write_report(run: BenchRun, target: Path) -> Path:
         (tmp / REPORT_MD).write_text(markdown(report), encoding="utf-8")
     return target
 
-
-def write_json_file(path: Path, obj: object) -> None:
-    """A predictions or no-answer-probabilities file, atomically."""
-    from elma.fsutil import write_json
-
-    write_json(Path(path), obj)

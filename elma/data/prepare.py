@@ -19,9 +19,10 @@ from typing import List, Optional, Sequence
 from elma.data.negatives import make_negatives, repeat_real_negatives, to_squad_json
 from elma.data.squad import Example, group_by_article, load_squad
 from elma.errors import DataError
-from elma.fsutil import write_json
+from elma.fsutil import staged_dir, write_json
 
 logger = logging.getLogger(__name__)
+SPLIT_JSON = "split.json"  # the statistics file: marks a folder as an earlier prepare-data output
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class SplitStats:
 def prepare(train_files: Sequence[Path], out_dir: Path, holdout_from: Optional[Path] = None,
             holdout_articles: int = 0, negative_rate: float = 0.5, seed: int = 13,
             holdout_titles: Sequence[str] = (), heldout_negative_rate: Optional[float] = None,
-            recipes: Sequence[str] = ("drop", "para"), repeat_real: int = 1) -> SplitStats:
-    """Write ``out_dir/train.json`` and ``out_dir/heldout.json``.
+            recipes: Sequence[str] = ("drop", "para"), repeat_real: int = 1, overwrite: bool = False) -> SplitStats:
+    """Write ``out_dir/train.json``, ``out_dir/heldout.json`` and ``out_dir/split.json``, as one folder
+    renamed into place when complete (an earlier one is replaced only with ``overwrite``).
 
     Args:
         train_files: SQuAD files, first file wins for a title found twice.
@@ -74,11 +76,11 @@ def prepare(train_files: Sequence[Path], out_dir: Path, holdout_from: Optional[P
     synthetic = make_negatives(train, negative_rate, seed, recipes)
     train += repeat_real_negatives(train, repeat_real) + synthetic
     heldout += make_negatives(heldout, heldout_rate, seed + 1, recipes)
-    out_dir = Path(out_dir)
-    write_json(out_dir / "train.json", to_squad_json(train))
-    if heldout:
-        write_json(out_dir / "heldout.json", to_squad_json(heldout))
     stats = SplitStats(len(train), sum(e.is_impossible for e in train), len(heldout),
                        sum(e.is_impossible for e in heldout), sorted(held))
-    write_json(out_dir / "split.json", stats.__dict__)
+    with staged_dir(Path(out_dir), overwrite) as tmp:
+        write_json(tmp / "train.json", to_squad_json(train))
+        if heldout:
+            write_json(tmp / "heldout.json", to_squad_json(heldout))
+        write_json(tmp / SPLIT_JSON, stats.__dict__)
     return stats

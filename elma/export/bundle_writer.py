@@ -20,19 +20,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 import elma
 from elma.data.features import WindowConfig
-from elma.errors import ExportError, ExportTargetExists, ModelLoadError
+from elma.errors import ExportError, ExportTargetExists, ModelLoadError, OutputExistsError
 from elma.export.onnx_export import export_step
 from elma.export.precision import INT8_KEEP_FP32, INT8_KINDS, to_fp16, to_int8
 from elma.export.specs import EMBEDDINGS_SPEC, EXIT_SPEC, FUSED_SPEC, GROUP_SPEC, SPECS, ExportConfig, LayerExportSpec
 from elma.export.verify import check_graph
 from elma.export.weights import externalize_weights
-from elma.fsutil import publish_dir
+from elma.fsutil import Output, check_outputs, publish_dir
 from elma.runtime.bundle import (
     EMBEDDINGS_FILE,
     FORMAT_VERSION,
@@ -102,7 +102,7 @@ def _export(model_dir: Path, target: Path, config: ExportConfig) -> ExportReport
     from elma.model.multi_exit import MultiExitQA, read_model_config
     from elma.model.steps import model_steps, use_eager_attention
 
-    _check_target(target, config.overwrite)
+    _check_target(target, config.overwrite, model_dir)
     model_config = read_model_config(model_dir)
     model = MultiExitQA.from_pretrained(model_dir)
     # Eager attention: plain MatMul/Softmax graphs that TensorRT fuses and the fp16 converter can pin to fp32.
@@ -155,17 +155,13 @@ def _require_export_dependencies() -> None:
         raise ExportError(f"exporting needs {' and '.join(missing)}: pip install 'elma[export]'")
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise ExportTargetExists(f"{target}: exists and is not a folder; choose another -o")
-    if not any(target.iterdir()):
-        return
-    if not (target / MANIFEST_NAME).is_file():
-        raise ExportTargetExists(f"{target}: exists and is not a bundle; refusing to replace it, choose another -o")
-    if not overwrite:
-        raise ExportTargetExists(f"{target}: a bundle is already there; pass --overwrite to replace it or choose another -o")
+def _check_target(target: Path, overwrite: bool, model_dir: Optional[Path] = None) -> None:
+    """An existing bundle at ``target`` is replaced only with ``overwrite``; any other folder or file never."""
+    try:
+        check_outputs([Output(target, "-o", folder=True, what="a bundle", replaces=(MANIFEST_NAME,))], overwrite,
+                      inputs=[model_dir])
+    except OutputExistsError as err:
+        raise ExportTargetExists(str(err)) from None
 
 
 def _resolve_max_seq_length(model, config: ExportConfig) -> int:
@@ -327,9 +323,8 @@ def _manifest(model, model_dir: Path, model_config: dict, steps, config: ExportC
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    if target.exists() and any(target.iterdir()):
-        _check_target(target, overwrite)
-    publish_dir(tmp, target)
+    _check_target(target, overwrite)  # again: something may have appeared there while exporting
+    publish_dir(tmp, target, overwrite)
 
 
 

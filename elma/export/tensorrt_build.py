@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from elma.errors import ElmaError, EngineLoadError, ExportError
-from elma.fsutil import atomic_write
-from elma.runtime.bundle import Bundle, load_bundle, update_manifest
+from elma.fsutil import refuse_unless_overwrite
+from elma.runtime.bundle import MANIFEST_NAME, Bundle, load_bundle, read_manifest, update_manifest
 from elma.runtime.trt_compat import (
     EngineTarget,
     TrtFeatures,
@@ -129,8 +131,17 @@ class EngineBuildReport:
     wall_s: float
 
 
+def check_engines_target(path: "str | os.PathLike", overwrite: bool) -> None:
+    """Refuse (exit 2), before building, to replace the engines a bundle already records unless ``overwrite``."""
+    if read_manifest(Path(path)).get("engines"):
+        refuse_unless_overwrite(f"{Path(path) / MANIFEST_NAME} (engines built earlier)", "bundle", overwrite)
+
+
 def build_engines(path: "str | os.PathLike", config: EngineBuildConfig = EngineBuildConfig()) -> EngineBuildReport:
     """Build and record one engine per graph of the bundle at ``path``.
+
+    Every engine is built into a temporary folder first and moved into the bundle only when all are built,
+    so a failed build leaves the bundle's earlier engines (and their manifest entry) as they were.
 
     Raises:
         BundleError: the bundle does not verify.
@@ -156,15 +167,20 @@ def build_engines(path: "str | os.PathLike", config: EngineBuildConfig = EngineB
     cache = cache_config.create_timing_cache(cache_bytes)
     plans: Dict[str, str] = {}
     profiles: Dict[str, Dict[str, Any]] = {}
-    for name, kind in graphs_to_build(bundle):
-        shapes = profile_shapes(bundle.io[kind]["inputs"], bundle.max_seq_length, config)
-        profiles[kind] = {n: asdict(s) for n, s in shapes.items()}
-        plan = _build_one(trt, builder, trt_logger, features, bundle.root / name, shapes, config, cache)
-        plans[name] = plan_name(name)
-        atomic_write(bundle.root / plans[name], lambda tmp, data=plan: Path(tmp).write_bytes(data))
-        logger.info("built %s (%d bytes)", plans[name], len(plan))
-    serialized = bytes(cache.serialize())
-    atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(serialized))
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.root.name}.engines-", dir=str(bundle.root.parent)))
+    try:
+        for name, kind in graphs_to_build(bundle):
+            shapes = profile_shapes(bundle.io[kind]["inputs"], bundle.max_seq_length, config)
+            profiles[kind] = {n: asdict(s) for n, s in shapes.items()}
+            plan = _build_one(trt, builder, trt_logger, features, bundle.root / name, shapes, config, cache)
+            plans[name] = plan_name(name)
+            (staging / plans[name]).write_bytes(plan)
+            logger.info("built %s (%d bytes)", plans[name], len(plan))
+        (staging / TIMING_CACHE_FILE).write_bytes(bytes(cache.serialize()))
+        for file_name in [*plans.values(), TIMING_CACHE_FILE]:  # all built: move them in (same file system)
+            os.replace(staging / file_name, bundle.root / file_name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     engines = {**target.to_dict(), "fp16": config.fp16, "workspace_mb": config.workspace_mb,
                "profiles": profiles, "plans": plans, "timing_cache": TIMING_CACHE_FILE, "io_api": features.io_api}
     update_manifest(bundle.root, {"engines": engines}, new_files=list(plans.values()) + [TIMING_CACHE_FILE])

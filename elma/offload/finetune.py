@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from elma.errors import DataError, OutputExistsError
-from elma.fsutil import write_json
+from elma.errors import DataError
+from elma.fsutil import Output, check_outputs, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +130,14 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         OutputExistsError: the output exists; DataError: the store has no usable record, or a file is missing or malformed.
     """
     from elma.data.squad import load_squad
-    from elma.model.loading import load_model
     from elma.offload.server import RecordStore
     from elma.runtime.engine import model_folder_info
-    from elma.train.trainer import TrainConfig, train
 
     out = Path(config.output_dir)
     work = Path(f"{config.output_dir}.work")
-    if out.exists():
-        raise OutputExistsError(f"{out} exists; choose a new --output (a published model is never overwritten)")
+    check_outputs([Output(out, "-o", folder=True, hint="a published model is never replaced"),
+                   Output(work, "-o", folder=True, hint="it holds a candidate an earlier run did not publish")],
+                  None, inputs=[config.base_model, config.heldout_file, *config.train_files])
     info = model_folder_info(config.base_model)
     heldout = load_squad(Path(config.heldout_file))
     store = RecordStore(config.errors_db)
@@ -151,9 +150,24 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         raise DataError(f"no usable error records in {RecordStore.engine_url(config.errors_db)} ({len(rows)} records, "
                         f"{skipped} without a label in their context); devices upload them with `elma sync --upload`")
     originals = original_sample(config.train_files, round(config.original_per_error * len(errors)), config.seed)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    existed = work.exists()  # (empty: check_outputs refuses anything else)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_and_publish(config, out, work, info, heldout, rows, errors, skipped, originals)
+    except BaseException:  # nothing half-written: no candidate, no mixed training file, no folder we made
+        for part in (list(work.iterdir()) if existed else [work]):
+            if part.is_dir():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink()
+        raise
+
+
+def _train_and_publish(config: FinetuneConfig, out: Path, work: Path, info, heldout, rows, errors, skipped,
+                       originals) -> FinetuneResult:
+    from elma.model.loading import load_model
+    from elma.train.trainer import TrainConfig, train
+
     mixed = work / "finetune-train.json"
     write_json(mixed, {"version": "v2.0", "data": [{"title": "errors", "paragraphs": errors + originals}]})
     logger.info("%d error examples (%d records skipped) + %d original examples -> %s", len(errors), skipped,

@@ -8,8 +8,9 @@ bundle's calibrated policy) and the full-depth pass (policy ``none``), one windo
 (``elma.power.energy_run``). The report folder holds energy.json, samples.csv, energy.md and power.png.
 
 Exit codes, as ``elma-bench``'s: 0 done; 2 usage or input error (bad source specification, missing file, not
-SQuAD, bad policy); 3 model error, a power source that cannot be opened (one line saying which source was
-looked for), or a report that cannot be written. No report is written on an error. Only the standard library
+SQuAD, bad policy, a --report-dir already there without --overwrite); 3 model error, a power source that
+cannot be opened (one line saying which source was looked for), or a report that cannot be written. No report
+is written on an error. Only the standard library
 is imported at module level, so ``elma-energy --help`` works without onnxruntime, torch or matplotlib.
 """
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
     p.add_argument("--warmup", type=int, default=8, metavar="N", help="questions answered untimed before each pass (default 8)")
     p.add_argument("--report-dir", metavar="DIR", help="report folder (energy.json, samples.csv, energy.md, power.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report-dir (an earlier energy "
+                   "report) once the new one is complete")
     p.add_argument("--interval-ms", type=int, default=100, metavar="MS", help="sampling period, ms (default 100)")
     p.add_argument("--tegrastats-cmd", metavar="CMD", help="how to run tegrastats, e.g. 'sudo tegrastats' (default: tegrastats)")
     p.add_argument("--sysfs-root", metavar="DIR", help="sysfs mount for ina3221 and auto (default /sys)")
@@ -62,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args):
     from elma.bench.cli import check_model_and_policy
+    from elma.fsutil import Output, check_outputs
     from elma.power.energy_run import EnergyConfig
     from elma.power.sources import PowerConfig
 
     check_model_and_policy(args.model, args.policy)
+    check_outputs([Output(args.report_dir, "--report-dir", folder=True, what="an elma-energy report",
+                          replaces=("energy.json",))], args.overwrite, inputs=[args.model, args.data])
     power = {"source": args.source, "interval_ms": args.interval_ms, "realtime_replay": args.realtime_replay}
     for name in ("sysfs_root", "jtop_socket", "visa_library", "visa_timeout_ms", "retry_s"):
         if getattr(args, name) is not None:
@@ -100,7 +106,7 @@ def run(args, command: str) -> int:
     if args.report_dir:
         from elma.power.energy_report import write_energy_report
 
-        write_energy_report(report, result, Path(args.report_dir))
+        write_energy_report(report, result, Path(args.report_dir), overwrite=args.overwrite)
     from elma.power.energy_report import summary_lines
 
     for line in summary_lines(report):

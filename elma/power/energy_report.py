@@ -1,7 +1,8 @@
 """``elma-energy``'s report folder: energy.json, samples.csv, energy.md and power.png.
 
 The folder is written under a temporary name beside the target and renamed into place once every file is
-there (``elma.fsutil.publish_dir``, as ``elma-bench`` does), so a failed run leaves no partial report.
+there (``elma.fsutil.publish_dir``, as ``elma-bench`` does), so a failed run leaves no partial report and an
+earlier report is replaced only with ``overwrite`` (``elma-energy --overwrite``).
 ``samples.csv`` is the ``elma power trace v1`` CSV of ``elma.power.replay`` holding every sample and gap of
 the measurement's span: ``--source replay:samples.csv`` replays it, and measuring the windows of
 energy.json (their ``start_s``/``end_s``) on it gives the same figures.
@@ -142,11 +143,15 @@ def _gap_breaks(trace: PowerTrace) -> set:
     return out
 
 
-def write_energy_report(report: EnergyReport, run: EnergyRun, target: Path) -> Path:
-    """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``."""
+def write_energy_report(report: EnergyReport, run: EnergyRun, target: Path, overwrite: bool = False) -> Path:
+    """Write the report folder at ``target`` atomically (temporary folder, then rename). Returns ``target``.
+
+    Raises:
+        OutputExistsError: ``target`` is a non-empty folder and ``overwrite`` is not set.
+    """
     target = Path(target)
     span = run.trace.window(run.started_s, run.stopped_s)  # every window lies inside: replaying it measures the same
-    with staged_dir(target) as tmp:
+    with staged_dir(target, overwrite) as tmp:
         try:
             plot_power(report, span, tmp / POWER_PNG)
         except ImportError:

@@ -58,10 +58,10 @@ def trace_to_csv(trace: PowerTrace) -> str:
     return "".join(parts)
 
 
-def write_trace_csv(path: Path, trace: PowerTrace) -> None:
-    """Write a trace as CSV, atomically."""
+def write_trace_csv(path: Path, trace: PowerTrace, overwrite: bool = True) -> None:
+    """Write a trace as CSV, atomically (``overwrite=False``: refuse a file already there)."""
     text = trace_to_csv(trace)
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite)
 
 
 def _float(text: str, where: str) -> Optional[float]:

@@ -321,6 +321,18 @@ def calibrate(runtime, examples: Sequence[Example], max_f1_drop: float, policies
     return CalibrationReport(full, max_f1_drop, chosen, default_spec, len(examples), points, t1 - t0, t2 - t1)
 
 
+def check_calibration_target(bundle_root, overwrite: bool) -> None:
+    """Refuse (exit 2), before calibrating, to replace a calibration the bundle already holds unless ``overwrite``."""
+    from pathlib import Path
+
+    from elma.fsutil import refuse_unless_overwrite
+    from elma.runtime.bundle import MANIFEST_NAME, read_manifest
+
+    if read_manifest(bundle_root).get("exit_thresholds"):
+        refuse_unless_overwrite(f"{Path(bundle_root) / MANIFEST_NAME} (a calibration, exit_thresholds)", "bundle",
+                                overwrite, hint="add --dry-run to only report")
+
+
 def write_calibration(bundle_root, report: CalibrationReport, data_name: str) -> None:
     """Store the chosen settings in the bundle manifest (``exit_thresholds``), atomically."""
     from elma.runtime.bundle import update_manifest

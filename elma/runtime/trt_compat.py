@@ -103,7 +103,7 @@ def check_engine_compat(recorded: Mapping[str, Any], current: EngineTarget, bund
                         f"{current.gpu_name}, {current.compute_capability})")
     if problems:
         raise EngineLoadError(f"the engines in {bundle_path} were built for {' and '.join(problems)}; rebuild them "
-                              f"here with `elma build-engines {bundle_path}` (or use the onnxruntime backend)")
+                              f"here with `elma build-engines {bundle_path} --overwrite` (or use the onnxruntime backend)")
 
 
 def current_engine_target() -> EngineTarget:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,8 +22,8 @@ import torch
 
 from elma.data.features import WindowConfig, build_windows
 from elma.data.squad import load_many
-from elma.errors import ModelLoadError, OutputExistsError, UsageError
-from elma.fsutil import atomic_write, write_json
+from elma.errors import DataError, ModelLoadError, UsageError
+from elma.fsutil import Output, atomic_write, check_outputs, publish_dir, write_json
 from elma.model.multi_exit import CONFIG_NAME, ExitConfig, MultiExitQA
 from elma.tokenization import load_tokenizer, pad_token_id, save_tokenizer
 from elma.train.batching import collate, epoch_batches
@@ -140,15 +142,55 @@ def _linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_sched
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or resume) one training job; writes the model folder and ``train_state.json`` into output_dir."""
+def check_output_dir(config: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse (exit 2) an ``output_dir`` that is taken, before anything is loaded or written.
+
+    ``resume`` needs the checkpoint there; otherwise a non-empty folder is replaced only with ``overwrite``,
+    and only when it holds an earlier run (a checkpoint or a model config).
+    """
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
-    if resume and not ckpt_path.is_file():
-        raise UsageError(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
-    if not resume and ckpt_path.is_file():
-        raise OutputExistsError(f"{ckpt_path}: a checkpoint exists; add --resume to continue it or choose another -o")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in -o and --overwrite starts a new one there: pass one of them")
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+        return
+    hint = "add --resume to continue its checkpoint" if ckpt_path.is_file() else ""
+    check_outputs([Output(out, "-o", folder=True, what="a training run or model folder",
+                          replaces=(CHECKPOINT_NAME, CONFIG_NAME), hint=hint)],
+                  overwrite, inputs=[config.model, config.tokenizer, config.eval_file, *config.train_files])
+
+
+def check_inputs(config: TrainConfig) -> Optional[list]:
+    """Fail with one line on a missing or malformed input before anything is written. Returns the parsed
+    ``eval_file`` (None without one), so that a bad held-out file is found before training, not after."""
+    from elma.data.squad import load_squad
+
+    for f in config.train_files:
+        if not Path(f).is_file():
+            raise DataError(f"{f}: no such training file (--train-file)")
+    if config.tokenizer is not None and not Path(config.tokenizer).exists():
+        raise UsageError(f"{config.tokenizer}: no such tokenizer file or folder (--tokenizer)")
+    if not Path(config.model).exists():
+        raise ModelLoadError(f"{config.model}: no such model folder or encoder config.json")
+    return load_squad(Path(config.eval_file)) if config.eval_file else None
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run (or resume) one training job; writes the model folder and ``train_state.json`` into output_dir.
+
+    The output folder is checked first and created only once the inputs have loaded; an error before the
+    first checkpoint leaves no folder behind. With ``overwrite``, an earlier run's folder is replaced only when
+    the new run has finished (it is built in a temporary folder beside it, which a kill does not make resumable).
+
+    Raises:
+        OutputExistsError: output_dir is taken (see ``check_output_dir``). UsageError, DataError, ModelLoadError:
+            bad settings or inputs.
+    """
+    out = Path(config.output_dir)
+    check_output_dir(config, resume, overwrite)
+    heldout = check_inputs(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -167,6 +209,28 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     n_null = sum(w.start_position == 0 for w in windows)
     logger.info("%d examples -> %d windows (%d labelled no-answer) in %.1f s", len(examples), len(windows),
                 n_null, time.monotonic() - t0)
+    # --overwrite: the earlier run stays in place until this one has finished
+    staging = overwrite and not resume and out.is_dir() and any(out.iterdir())
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent))) if staging else out
+    existed = out.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _train_in(work, config, resume, model, tokenizer, windows, heldout)
+        if staging:
+            publish_dir(work, out, overwrite=True)
+    except BaseException:
+        if staging:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not existed and not any(work.iterdir()):
+            work.rmdir()  # failed before its first checkpoint: no empty folder left behind
+        raise
+    return result
+
+
+def _train_in(out: Path, config: TrainConfig, resume: bool, model: MultiExitQA, tokenizer, windows, heldout
+              ) -> TrainResult:
+    """The training loop, writing its checkpoint, model and state into ``out``."""
+    ckpt_path = out / CHECKPOINT_NAME
     pad_id = pad_token_id(tokenizer)
     lengths = [len(w) for w in windows]
     steps_per_epoch = math.ceil(len(windows) / config.batch_size)
@@ -248,19 +312,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     if config.eval_file:
-        result.eval = evaluate_and_calibrate(model, tokenizer, config, out)
+        result.eval = evaluate_and_calibrate(model, tokenizer, config, out, heldout)
     write_json(out / "train_state.json", {"config": asdict(config), "steps": step, "final_loss": result.final_loss,
                                           "wall_s_this_process": wall_s, "tokens_per_s": result.tokens_per_s,
                                           "first_step": result.first_step, "losses": losses, "eval": result.eval})
     return result
 
 
-def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path) -> List[dict]:
-    """Calibrate each exit's null threshold on the held-out file, store it, and score every exit."""
+def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path,
+                           examples: Optional[list] = None) -> List[dict]:
+    """Calibrate each exit's null threshold on the held-out file (``examples``: already loaded), store it, and
+    score every exit."""
     from elma.data.squad import load_squad
     from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits
 
-    examples = load_squad(Path(config.eval_file))
+    if examples is None:
+        examples = load_squad(Path(config.eval_file))
     results = predict_all_exits(model, tokenizer, examples, batch_size=config.eval_batch_size)
     thresholds = calibrate_null_thresholds(results, examples)
     for res, t in zip(results, thresholds):

@@ -85,7 +85,8 @@ def test_calibrate_command(bundle, tmp_path, capsys):
     assert "full depth: F1" in out and "default policy:" in out
     entry = load_bundle(bundle).manifest["exit_thresholds"]
     assert entry["max_f1_drop"] == 1.0 and entry["default"] in {p["spec"] for p in entry["policies"].values()}
-    assert main(["calibrate", str(bundle), "--data", str(data), "--max-f1-drop", "1", "--policies", "wobble"]) == 2
+    assert main(["calibrate", str(bundle), "--data", str(data), "--max-f1-drop", "1", "--policies", "wobble",
+                 "--overwrite"]) == 2
     assert "cannot calibrate policy 'wobble'" in capsys.readouterr().err
 
 
