@@ -17,8 +17,6 @@ does not overlap. Every cuda-python status goes through ``cuda_call`` (the helpe
 samples/python/common_runtime.py). Nothing here imports a CUDA module at import time.
 """
 
-from __future__ import annotations
-
 import ctypes
 import logging
 from contextlib import contextmanager

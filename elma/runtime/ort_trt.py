@@ -11,8 +11,6 @@ dynamic input of the graph listed in each of the three options. The options exis
 1.15; older versions refuse unknown provider options, so ``profile_options`` returns none there.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
