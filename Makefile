@@ -23,6 +23,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check elma tests benchmarks
 	$(BIN)/vermin --target=3.8- --violations --no-tips --quiet $(DEVICE_SIDE)
+	$(BIN)/hadolint Dockerfile.l4t
 
 test: setup lint
 	$(BIN)/python -m pytest -q -m "not slow"
