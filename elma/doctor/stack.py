@@ -114,6 +114,9 @@ def check_bundle(bundle_path: Path) -> Tuple[Check, object]:
     from elma.errors import BundleError
     from elma.runtime.bundle import load_bundle
 
+    if not Path(bundle_path).exists():
+        return Check("bundle", MISSING, f"{bundle_path}: no such folder",
+                     f"copy the bundle to the board: rsync -a --checksum BUNDLE/ {bundle_path}/ (docs/jetson.md)"), None
     try:
         bundle = load_bundle(bundle_path, verify_checksums=True)
     except BundleError as err:

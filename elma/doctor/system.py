@@ -92,6 +92,10 @@ def check_memory(proc_root: Path) -> Check:
 
 
 def check_disk(path: Path) -> Check:
+    """Free space where ``path`` is (or would be: its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
     try:
         usage = shutil.disk_usage(str(path))
     except OSError as err:

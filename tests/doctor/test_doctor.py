@@ -154,6 +154,15 @@ def test_a_bundle_without_engines_or_with_an_altered_file_cannot_answer(tmp_path
     assert report.backends == {"tensorrt": False, "onnxruntime": False}
 
 
+def test_a_bundle_not_copied_yet_is_missing(tmp_path, monkeypatch):
+    use_stack(monkeypatch)
+    config = tx2_board(tmp_path, monkeypatch)
+    report = run_doctor(DoctorConfig(**{**vars(config), "bundle": str(tmp_path / "not-here")}))
+    assert report.check("bundle").status == MISSING and "rsync" in report.check("bundle").fix
+    assert report.check("disk").status == OK and str(tmp_path) in report.check("disk").detail
+    assert report.exit_code == 3
+
+
 def test_wrong_versions_and_a_cpu_onnxruntime_on_a_jetson_are_wrong(tmp_path, monkeypatch):
     use_stack(monkeypatch, trt="11.0.0", ort_providers=("CPUExecutionProvider",))
     report = run_doctor(tx2_board(tmp_path, monkeypatch))
