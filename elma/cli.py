@@ -463,12 +463,41 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check this board: Python, JetPack, onnxruntime, TensorRT, GPU, power sources, "
+                                      "a bundle; exit 0 when the tensorrt backend can answer, 3 otherwise")
+    p.add_argument("--bundle", help="bundle folder to verify (checksums, engines built for this TensorRT and GPU)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keysight", metavar="VISA_RESOURCE[@CH[,CH]]", help="also read a Keysight supply once")
+    p.add_argument("--visa-library", default="@py", help="PyVISA backend (default @py)")
+    p.add_argument("--tegrastats-cmd", default="tegrastats", help="how to run tegrastats, e.g. 'sudo tegrastats'")
+    p.add_argument("--sysfs-root", default="/sys", help="sysfs mount holding the INA3221 rails")
+    p.add_argument("--jtop-socket", default="/run/jtop.sock", help="jtop.service's socket")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    import shlex
+
+    from elma.doctor import DoctorConfig, run_doctor
+
+    try:
+        config = DoctorConfig(bundle=args.bundle, keysight=args.keysight, visa_library=args.visa_library,
+                              tegrastats_cmd=tuple(shlex.split(args.tegrastats_cmd)), sysfs_root=args.sysfs_root,
+                              jtop_socket=args.jtop_socket)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    report = run_doctor(config)
+    print(report.to_json() if args.json else report.to_text())
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
-                _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune):
+                _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
         add(sub)
     return parser
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -50,6 +51,12 @@ TIMING_CACHE_FILE = "timing.cache"
 # TensorRT layer types (trt.LayerType names) kept in fp32 under --fp16: LayerNorm (NORMALIZATION, 8.6+), its
 # decomposition and softmax internals (REDUCE), SOFTMAX. Names missing from an older TensorRT are skipped.
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
+# Under --opset 13 (TensorRT before 8.6) LayerNorm arrives decomposed: ReduceMean, Sub, Pow, ReduceMean, Add(eps),
+# Sqrt, Div, Mul, Add. Pow (x-mean)^2 and the variance overflow fp16 on large activations, so every float layer of
+# the LayerNorm scope is pinned too. The ONNX parser names a layer after its ONNX node, and torch's exporter names
+# nodes after the module path (".../output/LayerNorm/Pow"; ALBERT's "full_layer_layer_norm").
+LAYERNORM_NAME = re.compile(r"layer_?norm", re.IGNORECASE)
+SCOPE_LAYER_TYPES = ("ELEMENTWISE", "UNARY", "REDUCE")  # the arithmetic of that scope (not its constants/shuffles)
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,9 @@ def _build_one(trt, builder, trt_logger, features: TrtFeatures, onnx_path: Path,
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only: export an fp16 bundle "
                               f"(`elma export --precision fp16`) and build without --fp16")
+        if not hasattr(trt.BuilderFlag, features.precision_flag):
+            raise ExportError(f"TensorRT {trt.__version__} has no BuilderFlag.{features.precision_flag}, so fp32 "
+                              f"normalisation cannot be enforced; build without --fp16 or use TensorRT 8.0-10.x")
         build_config.set_flag(trt.BuilderFlag.FP16)
         pinned = pin_layers_fp32(trt, network)
         build_config.set_flag(getattr(trt.BuilderFlag, features.precision_flag))
@@ -235,15 +245,21 @@ def _same_target(bundle: Bundle, target: EngineTarget) -> bool:
     return True
 
 
-def pin_layers_fp32(trt, network, layer_types: Sequence[str] = FP32_LAYER_TYPES) -> int:
-    """Set ``precision`` and output types of the named float layer types to fp32; returns how many layers."""
+def pin_layers_fp32(trt, network, layer_types: Sequence[str] = FP32_LAYER_TYPES,
+                    scope: "re.Pattern[str]" = LAYERNORM_NAME) -> int:
+    """Set ``precision`` and output types to fp32 on float layers of ``layer_types`` and on every float layer whose
+    name matches ``scope`` (a decomposed LayerNorm); returns how many layers."""
     wanted = {getattr(trt.LayerType, name) for name in layer_types if hasattr(trt.LayerType, name)}
+    arithmetic = {getattr(trt.LayerType, name) for name in SCOPE_LAYER_TYPES if hasattr(trt.LayerType, name)}
     floats = {trt.float32, trt.float16}
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type not in wanted or layer.num_outputs < 1 or layer.get_output(0).dtype not in floats:
+        if layer.num_outputs < 1 or layer.get_output(0).dtype not in floats:
             continue  # integer reductions (shape arithmetic) keep their type
+        in_scope = layer.type in arithmetic and scope.search(str(getattr(layer, "name", ""))) is not None
+        if layer.type not in wanted and not in_scope:
+            continue
         layer.precision = trt.float32
         for j in range(layer.num_outputs):
             if layer.get_output(j).dtype in floats:

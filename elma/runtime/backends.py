@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,6 +91,7 @@ class OrtOptions:
     graph_optimization: str = "all"  # "disable", "basic", "extended" or "all"
     trt_cache_dir: Optional[str] = None  # TensorRT EP engine and timing caches; None: ~/.cache/elma/ort-trt/<bundle digest>
     trt_fp16: bool = False  # let the TensorRT EP build fp16 kernels (LayerNorm kept fp32 by trt_layer_norm_fp32_fallback)
+    trt_max_batch: int = 8  # TensorRT EP profile: batches 1..this, windows 1..max_seq_length (elma.runtime.ort_trt)
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
@@ -139,9 +140,11 @@ def choose_providers(available: Sequence[str], wanted: Optional[Sequence[str]] =
     return chosen or ["CPUExecutionProvider"]
 
 
-def provider_entries(providers: Sequence[str], options: OrtOptions, cache_key: str) -> List[object]:
+def provider_entries(providers: Sequence[str], options: OrtOptions, cache_key: str,
+                     profile: Optional[Mapping[str, str]] = None) -> List[object]:
     """``providers=`` for ``InferenceSession``: the TensorRT EP with its engine and timing caches on (so engines are
-    built once per machine, not at every start; option names from the onnxruntime TensorRT EP documentation)."""
+    built once per machine, not at every start; option names from the onnxruntime TensorRT EP documentation) and,
+    given ``profile`` (``elma.runtime.ort_trt.profile_options``), shape ranges so lengths do not trigger rebuilds."""
     entries: List[object] = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
@@ -149,7 +152,8 @@ def provider_entries(providers: Sequence[str], options: OrtOptions, cache_key: s
                 Path.home() / ".cache" / "elma" / "ort-trt" / cache_key
             entries.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
-                                   "trt_fp16_enable": str(options.trt_fp16), "trt_layer_norm_fp32_fallback": "True"}))
+                                   "trt_fp16_enable": str(options.trt_fp16), "trt_layer_norm_fp32_fallback": "True",
+                                   **dict(profile or {})}))
         else:
             entries.append(name)
     return entries
@@ -169,14 +173,21 @@ class OrtBackend(Backend):
         self.providers = choose_providers(ort.get_available_providers(), options.providers)
         so = session_options(ort, options)
         digest = str(bundle.manifest.get("manifest_sha256") or "bundle")[:16]
-        entries = provider_entries(self.providers, options, digest)
-        if "TensorrtExecutionProvider" in self.providers:
-            for entry in entries:
-                if isinstance(entry, tuple):
-                    Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        kinds = {bundle.embeddings: "embeddings", **{p: "group" for p in bundle.group_files},
+                 **{p: "exit" for p in bundle.exits}}
         self._sessions: Dict[Path, object] = {}
         for path in [bundle.embeddings, *bundle.group_files, *bundle.exits]:
             if path not in self._sessions:
+                profile = None
+                if "TensorrtExecutionProvider" in self.providers:  # one profile per graph: its own inputs
+                    from elma.runtime.ort_trt import profile_options
+
+                    profile = profile_options(bundle.io[kinds[path]]["inputs"], options.trt_max_batch,
+                                              bundle.max_seq_length, ort.__version__)
+                entries = provider_entries(self.providers, options, digest, profile)
+                for entry in entries:
+                    if isinstance(entry, tuple):
+                        Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
                 try:
                     self._sessions[path] = ort.InferenceSession(str(path), so, providers=entries)
                 except Exception as err:  # onnxruntime raises its own exception types

@@ -15,6 +15,8 @@ The Python API changed twice in the TensorRT versions JetPack ships (JP4.6:
   before (removed in 10).
 * ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS`` from 8.2, ``BuilderFlag.STRICT_TYPES`` before.
 * ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` is required before 10 and deprecated (implied) from 10.
+* TensorRT 11 removed the weakly typed builder flags (``BuilderFlag.FP16``, ``OBEY_PRECISION_CONSTRAINTS``):
+  refused by ``trt_features`` until the build moves to strongly typed networks.
 * The ONNX parser maps ``LayerNormalization`` (opset 17) to a normalization layer from 8.6; older
   versions need a graph exported with ``--opset 13`` (8.0-8.4 parse opsets up to 13).
 """
@@ -28,6 +30,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from elma.errors import EngineLoadError, TensorRTUnavailable
 
 MIN_TENSORRT = (8, 0)
+# TensorRT 11 removed the weakly typed builder API the engines are built with (BuilderFlag.FP16,
+# OBEY_PRECISION_CONSTRAINTS) and ICudaEngine.device_memory_size (NVIDIA's "Migrating from TensorRT 10.x
+# to 11.x", https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x.html).
+MAX_TENSORRT_MAJOR = 10
 
 
 def parse_trt_version(version: str) -> Tuple[int, ...]:
@@ -51,11 +57,15 @@ class TrtFeatures:
 
 
 def trt_features(version: str) -> TrtFeatures:
-    """The API of TensorRT ``version``; refuses versions before 8.0."""
+    """The API of TensorRT ``version``; refuses versions before 8.0 and from 11 on."""
     v = parse_trt_version(version)
     major_minor = (v + (0,))[:2]
     if major_minor < MIN_TENSORRT:
         raise TensorRTUnavailable(f"TensorRT {version} is too old: ELMA needs TensorRT 8.0 or newer (JetPack 4.6+)")
+    if major_minor[0] > MAX_TENSORRT_MAJOR:
+        raise TensorRTUnavailable(f"TensorRT {version} is not supported: ELMA builds and runs engines with TensorRT "
+                                  f"8.0-10.x (TensorRT 11 removed the FP16/OBEY_PRECISION_CONSTRAINTS builder flags "
+                                  f"it uses); install TensorRT 10 (JetPack 6.1/6.2) or use --backend onnxruntime")
     return TrtFeatures(
         version=v,
         io_api="tensors" if major_minor >= (8, 5) else "bindings",

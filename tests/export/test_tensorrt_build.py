@@ -241,3 +241,70 @@ def test_int8_bundles_are_refused_before_tensorrt_is_needed(tiny_bundles, monkey
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(ExportError, match=r"int8 bundles .*\(CPU only\)"):
         tensorrt_build.build_engines(tiny_bundles.bundle("bert", "int8"))
+
+
+# ---- opset 13: LayerNorm decomposed, every step of it pinned ----------------------------------------------------
+
+ONNX_TO_LAYER = {"ReduceMean": "REDUCE", "Sub": "ELEMENTWISE", "Pow": "ELEMENTWISE", "Add": "ELEMENTWISE",
+                 "Div": "ELEMENTWISE", "Mul": "ELEMENTWISE", "Sqrt": "UNARY", "Erf": "UNARY",
+                 "MatMul": "MATRIX_MULTIPLY", "Gemm": "MATRIX_MULTIPLY", "Softmax": "SOFTMAX", "Constant": "CONSTANT"}
+
+
+def opset13_layernorm_nodes(tmp_path):
+    """(op type, node name) of a dense layer + residual + LayerNorm as torch's exporter writes them at opset 13."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = torch.nn.Linear(8, 8)
+            self.LayerNorm = torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.LayerNorm(torch.nn.functional.gelu(self.dense(x)) + x)
+
+    path = tmp_path / "block.onnx"
+    torch.onnx.export(Block().eval(), (torch.zeros(1, 4, 8),), str(path), opset_version=13, dynamo=False)
+    return [(n.op_type, n.name) for n in onnx.load(str(path)).graph.node]
+
+
+def test_opset13_layernorm_steps_are_pinned_to_fp32(tmp_path):
+    """Before TensorRT 8.6 LayerNorm is Pow/Sqrt/Div/ReduceMean/Sub/Add layers: fp16 squares overflow, so all of them
+    stay fp32, while the dense layer, GELU and the residual add keep fp16."""
+    nodes = opset13_layernorm_nodes(tmp_path)
+    ln_ops = {op for op, name in nodes if "LayerNorm" in name}
+    assert {"ReduceMean", "Sub", "Pow", "Sqrt", "Div", "Add"} <= ln_ops, f"not decomposed at opset 13: {nodes}"
+    trt = fake_tensorrt("8.2.1.8", [])
+    trt.LayerType = types.SimpleNamespace(**{t: t for t in set(ONNX_TO_LAYER.values()) | {"SHUFFLE"}})
+    layers = []
+    for op, name in nodes:  # what the ONNX parser makes: one layer per node, named after it
+        layer = types.SimpleNamespace(type=ONNX_TO_LAYER.get(op, "SHUFFLE"), name=name, precision=None, num_outputs=1,
+                                      output_types={}, out=types.SimpleNamespace(dtype="float32"))
+        layer.get_output = lambda i, layer=layer: layer.out
+        layer.set_output_type = lambda i, dtype, layer=layer: layer.output_types.__setitem__(i, dtype)
+        layers.append(layer)
+    network = types.SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    tensorrt_build.pin_layers_fp32(trt, network)
+    pinned = {(layer.type, layer.name.rsplit("/", 1)[-1]) for layer in layers if layer.precision == "float32"}
+    ln = [layer for layer in layers if "LayerNorm" in layer.name and layer.type != "CONSTANT"]
+    assert ln and all(layer.precision == "float32" and layer.output_types == {0: "float32"} for layer in ln), pinned
+    others = [layer for layer in layers if "LayerNorm" not in layer.name and layer.type in ("ELEMENTWISE", "UNARY",
+                                                                                            "MATRIX_MULTIPLY")]
+    assert others and all(layer.precision is None for layer in others), "only the LayerNorm scope is pinned"
+
+
+def test_tensorrt_11_is_refused_before_building(bundle, monkeypatch, capsys):
+    use_fake(monkeypatch, "11.0.0")
+    with pytest.raises(TensorRTUnavailable, match="TensorRT 11.0.0 is not supported"):
+        build_engines(bundle, EngineBuildConfig(fp16=True))
+    assert main(["build-engines", str(bundle)]) == 3
+    assert "TensorRT 11 removed the FP16/OBEY_PRECISION_CONSTRAINTS builder flags" in capsys.readouterr().err
+    assert not list(bundle.glob("*.plan")), "nothing built"
+
+
+def test_a_tensorrt_without_the_precision_flag_says_so(bundle, monkeypatch):
+    use_fake(monkeypatch, "10.3.0")
+    del sys.modules["tensorrt"].BuilderFlag.OBEY_PRECISION_CONSTRAINTS
+    with pytest.raises(ExportError, match="no BuilderFlag.OBEY_PRECISION_CONSTRAINTS"):
+        build_engines(bundle, EngineBuildConfig(fp16=True))

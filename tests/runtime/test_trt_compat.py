@@ -73,3 +73,10 @@ def test_no_gpu_binding_is_a_clear_error(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(TensorRTUnavailable, match="no CUDA GPU found"):
         trt_compat.gpu_identity()
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "11.4.1.2"])
+def test_tensorrt_11_is_refused(version):
+    """TensorRT 11 removed BuilderFlag.FP16 and OBEY_PRECISION_CONSTRAINTS (NVIDIA's 10.x -> 11.x migration guide)."""
+    with pytest.raises(TensorRTUnavailable, match=rf"TensorRT {version} is not supported.*8.0-10.x"):
+        trt_features(version)
