@@ -379,3 +379,21 @@ def test_real_engines_match_onnxruntime(tiny_bundles, tmp_path):
             x, y = a.ask(*items[0], policy=f"static:{k}"), b.ask(*items[0], policy=f"static:{k}")
             assert (x.text, x.exit_layer) == (y.text, y.exit_layer) and x.score == pytest.approx(y.score, abs=1e-2)
     assert trt.__version__
+
+
+@pytest.mark.gpu
+def test_real_engines_skim_as_onnxruntime_does(tiny_bundles, tmp_path):
+    pytest.importorskip("tensorrt", reason="needs TensorRT and a CUDA GPU (a Jetson or a desktop GPU)")
+    import shutil
+
+    from elma.export.tensorrt_build import EngineBuildConfig, build_engines
+
+    bundle = shutil.copytree(tiny_bundles.bundle("bert"), tmp_path / "b")
+    build_engines(bundle, EngineBuildConfig(max_batch=4))
+    items = [("who is the king", "the king was rollo . the norman duke built a castle near the river"),
+             ("what city", "rouen was the capital of normandy and the old city of the norman people")]
+    with Runtime.open(bundle, backend="tensorrt") as a, Runtime.open(bundle) as b:
+        for policy in ("none+skim:1,0", "none+skim:1,0.03", "entropy:2.5,2.5+skim:1,0.03+skim:2,0.06"):
+            for x, y in zip(a.ask_batch(items, policy=policy), b.ask_batch(items, policy=policy)):
+                assert (x.text, x.exit_layer, x.tokens_per_layer) == (y.text, y.exit_layer, y.tokens_per_layer)
+                assert x.score == pytest.approx(y.score, abs=1e-2)
