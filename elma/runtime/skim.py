@@ -77,8 +77,7 @@ def keep_positions(start: np.ndarray, end: np.ndarray, answer_mask: np.ndarray, 
     context = np.asarray(context, dtype=bool)
     answer_mask = np.asarray(answer_mask, dtype=bool)
     assert start.shape == end.shape == context.shape == answer_mask.shape, (start.shape, end.shape, context.shape)
-    p_start = np.exp(log_softmax(start, answer_mask))  # (T,) 0 outside the mask
-    p_end = np.exp(log_softmax(end, answer_mask))
+    p_start, p_end = np.exp(log_softmax(np.stack([start, end]), answer_mask))  # (2, T), 0 outside the mask
     keep = ~context | (p_start >= threshold) | (p_end >= threshold)  # strict "under": threshold 0 keeps all
     if not keep.all():
         t = start.shape[0]
