@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: $ELMA_MODEL, else a bundle under models/, else the shipped reference model")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--policy", metavar="SPEC", help="exit policy, e.g. entropy:0.4,0.4, maxprob:0.9, patience:2, "
-                   "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none)")
+                   "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none); "
+                   "+skim:LAYER,THRESHOLD drops unlikely context tokens after LAYER, e.g. entropy:0.4,0.4+skim:2,0.001")
     p.add_argument("--max-layer", type=int, metavar="N", help="last layer allowed; unconfident by then = 'unsolved'")
     p.add_argument("--json", action="store_true", help="one JSON object per answer")
     p.add_argument("--server", metavar="URL", help="offload server for unsolved questions, e.g. http://10.0.0.2:8000")

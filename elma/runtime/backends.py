@@ -3,6 +3,8 @@
     embed(input_ids, token_type_ids)        -> hidden (B, T, H) float32
     run_layer(slot, hidden, attention_mask) -> hidden (B, T, H)
     run_exit(slot, hidden, attention_mask)  -> (start_logits, end_logits), each (B, T) float32
+    select_rows(hidden, rows, width)        -> the rows that run on, cut to ``width`` tokens
+    select_tokens(hidden, rows, index)      -> the rows that run on, with the tokens skimming kept
 
 Slots are 0-based. Ids and masks are int32 numpy arrays (what the bundle's
 graphs and TensorRT 8.x engines take). The loop, the exit policy and span
@@ -60,6 +62,16 @@ class Backend:
     def select_rows(self, hidden, rows: Sequence[int], width: int):
         """The hidden state of ``rows`` only, cut to the first ``width`` tokens (rows that exited leave the batch)."""
         return np.ascontiguousarray(hidden[np.asarray(rows), :width])
+
+    def select_tokens(self, hidden, rows: Sequence[int], index: np.ndarray):
+        """Keep ``rows``, and in row j the tokens ``index[j]`` (positions into source row ``rows[j]``; skimming).
+
+        ``index`` is (len(rows), T') from ``elma.runtime.skim.gather_index``: the kept tokens of each row, then
+        padding slots that read real tokens. ONNX Runtime and torch hand the hidden state over as numpy
+        between steps, so one fancy-indexing gather serves both.
+        """
+        index = np.asarray(index)
+        return np.ascontiguousarray(hidden[np.asarray(rows)[:, None], index])  # (B', T', H)
 
     def describe(self) -> str:
         """One line: which backend, on what."""

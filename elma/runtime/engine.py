@@ -14,6 +14,16 @@ the loop on its own: its own policy state, and it leaves the batch when its
 policy says exit (or at the last allowed layer). Only the rows still unfinished
 run the next layer, and the batch is also cut to the longest remaining row.
 
+**Skimming.** A policy with skim stages (``entropy:2.4,2.9+skim:2,0.001``,
+``elma.runtime.skim``) drops, after each stage's layer, the context tokens that
+layer's exit head rules out; each row keeps its own tokens, the batch is
+re-padded to the longest kept row and gathered by the backend
+(``select_tokens``), and the next layers and exit heads run on the shorter
+rows. The policy still sees each row's logits at their original positions
+(dropped ones at -inf and outside the mask), so stateful policies compare like
+with like, and span decoding maps kept tokens back to character offsets.
+``Answer.tokens_per_layer`` says how many tokens each layer ran.
+
 **When a multi-window question exits.** Per window: each window stops at its
 own exit layer, and the answer is decoded across the windows with each window's
 exit-layer logits (``decode_answer``; the null score is the smallest CLS score
@@ -46,6 +56,7 @@ from elma.data.features import Window, WindowConfig, build_windows
 from elma.data.squad import Example
 from elma.errors import BundleError, ModelLoadError
 from elma.runtime.policies import ExitPolicy, NoExitPolicy, StaticPolicy, parse_policy
+from elma.runtime.skim import gather_index, keep_positions
 from elma.runtime.spans import SpanAnswer, decode_answer
 
 logger = logging.getLogger(__name__)
@@ -60,9 +71,10 @@ MAX_ANSWER_TOKENS = 30
 class Answer:
     """The answer to one question, with what it cost.
 
-    ``layer_latency_ms[l]`` is the wall time of step ``l`` (layer, exit head and exit decision) of the batch
-    the question ran in; ``latency_ms`` adds tokenisation, embeddings and span decoding. In ``ask_batch`` the
-    steps are shared by the rows of the batch, so these are the times the question waited, not its share.
+    ``layer_latency_ms[l]`` is the wall time of step ``l`` (layer, exit head, exit decision, and the row and
+    token selection that follows) of the batch the question ran in; ``latency_ms`` adds tokenisation,
+    embeddings and span decoding. In ``ask_batch`` the steps are shared by the rows of the batch, so these
+    are the times the question waited, not its share.
     """
 
     text: str  # the answer; "" when no_answer
@@ -79,6 +91,12 @@ class Answer:
     windows: int = 1  # context windows the question was cut into
     window_exit_layers: Tuple[int, ...] = ()  # per window
     best_span: str = ""  # the best span even when the verdict is no-answer
+    tokens_per_layer: Tuple[int, ...] = ()  # per step run: tokens of the question's windows that ran it (no padding)
+
+    @property
+    def token_layers(self) -> int:
+        """Tokens times layers run, over the question's windows: what skimming and early exit save."""
+        return sum(self.tokens_per_layer)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -166,12 +184,46 @@ class _Row:
     window: Window
     length: int  # tokens, without padding
     answer_mask: np.ndarray  # (length,) bool: CLS and context tokens, what the exit distributions range over
+    context: np.ndarray  # (length,) bool: context tokens, the ones skimming may drop
+    positions: Optional[np.ndarray] = None  # original positions of the tokens still run (None: all; after skimming)
+    tokens: List[int] = field(default_factory=list)  # tokens run per step
     state: Any = None
     exit_layer: int = 0
     confident: bool = False
     start: Optional[np.ndarray] = None  # (length,) logits at the exit layer
     end: Optional[np.ndarray] = None
     all_logits: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # every exit, when recording
+    live_mask: Optional[np.ndarray] = None  # answer_mask without the dropped tokens (None: answer_mask)
+
+    @property
+    def current(self) -> int:
+        """Tokens the row runs now."""
+        return self.length if self.positions is None else len(self.positions)
+
+    def original(self, logits: np.ndarray) -> np.ndarray:
+        """(current,) logits -> (length,) at the original positions; dropped tokens at -inf."""
+        if self.positions is None:
+            return logits
+        out = np.full(self.length, -np.inf, dtype=np.float32)
+        out[self.positions] = logits
+        return out
+
+    def skim(self, keep: np.ndarray) -> None:
+        """Keep only ``keep`` (indices into the current tokens)."""
+        current = np.arange(self.length) if self.positions is None else self.positions
+        self.positions = current[keep]
+        live = np.zeros(self.length, dtype=bool)
+        live[self.positions] = True
+        self.live_mask = self.answer_mask & live
+
+    def decode_offsets(self) -> List[Optional[Tuple[int, int]]]:
+        """The window's offsets with None at dropped tokens: span decoding never picks them."""
+        if self.positions is None:
+            return self.window.offsets
+        offsets: List[Optional[Tuple[int, int]]] = [None] * self.length
+        for p in self.positions:
+            offsets[p] = self.window.offsets[p]
+        return offsets
 
 
 class Runtime:
@@ -271,8 +323,13 @@ class Runtime:
         chosen = parse_policy(policy) if isinstance(policy, str) else policy
         if not isinstance(chosen, ExitPolicy):
             raise ValueError(f"policy must be a spec string or an ExitPolicy (got {type(policy).__name__})")
-        if isinstance(chosen, StaticPolicy) and chosen.layer > self.num_layers:
-            raise ValueError(f"static exit layer {chosen.layer} is beyond the model's {self.num_layers} layers")
+        base = chosen.exit_policy
+        if isinstance(base, StaticPolicy) and base.layer > self.num_layers:
+            raise ValueError(f"static exit layer {base.layer} is beyond the model's {self.num_layers} layers")
+        for stage in chosen.skim_stages:
+            if stage.layer >= self.num_layers:
+                raise ValueError(f"skim after layer {stage.layer} leaves no layer to run on the kept tokens "
+                                 f"(the model has {self.num_layers} layers)")
         return chosen
 
     def ask(self, question: str, context: str, policy: Union[None, str, ExitPolicy] = None,
@@ -355,50 +412,71 @@ class Runtime:
     def _loop(self, windows: Sequence[Window], policy: ExitPolicy, last: int, record: bool,
               began: Optional[float]) -> Tuple[List[_Row], List[float], float]:
         began = time.perf_counter() if began is None else began
-        rows = [_Row(w, len(w), np.array([i == 0 or o is not None for i, o in enumerate(w.offsets)], dtype=bool))
-                for w in windows]
+        rows = []
+        for w in windows:
+            context = np.array([o is not None for o in w.offsets], dtype=bool)
+            answer_mask = context.copy()
+            answer_mask[0] = True  # CLS: the no-answer choice
+            rows.append(_Row(w, len(w), answer_mask, context))
         n, width = len(rows), max(r.length for r in rows)
         ids = np.full((n, width), self.pad_id, dtype=np.int32)  # (B, T)
         types = np.zeros((n, width), dtype=np.int32)
-        mask = np.zeros((n, width), dtype=np.int32)
         for i, r in enumerate(rows):
             ids[i, :r.length] = r.window.input_ids
             types[i, :r.length] = r.window.token_type_ids
-            mask[i, :r.length] = 1
         hidden = self.backend.embed(ids, types)  # (B, T, H)
         prep_ms = (time.perf_counter() - began) * 1e3
         active = np.arange(n)
+        lengths = np.array([r.length for r in rows])  # (B,) tokens each active row runs
         step_ms: List[float] = []
         for slot in range(last):
             t0 = time.perf_counter()
-            active_mask = np.ascontiguousarray(mask[active, :width])
+            active_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)  # (B, T)
+            for i, length in zip(active, lengths):
+                rows[i].tokens.append(int(length))
             hidden = self.backend.run_layer(slot, hidden, active_mask)
             layer = slot + 1
-            if not (record or layer == last or policy.reads_exit(layer)):  # full depth, static:k: no head to run
-                step_ms.append((time.perf_counter() - t0) * 1e3)
+            stage = policy.skim_stage(layer) if layer < last else None
+            if not (record or layer == last or stage is not None or policy.reads_exit(layer)):
+                step_ms.append((time.perf_counter() - t0) * 1e3)  # full depth, static:k: no head to run
                 continue
             start, end = self.backend.run_exit(slot, hidden, active_mask)  # (B, T) each
-            keep = []
+            keep: List[int] = []  # batch rows that run on
+            cuts: Dict[int, np.ndarray] = {}  # batch row -> its kept tokens, where skimming dropped some
             for j, i in enumerate(active):
                 r = rows[i]
-                s = np.asarray(start[j, :r.length], dtype=np.float32)
-                e = np.asarray(end[j, :r.length], dtype=np.float32)
+                s = np.asarray(start[j, :lengths[j]], dtype=np.float32)
+                e = np.asarray(end[j, :lengths[j]], dtype=np.float32)
+                full_s, full_e = r.original(s), r.original(e)
                 if record:
-                    r.all_logits.append((s.copy(), e.copy()))
-                decision = policy.decide(layer, s, e, r.answer_mask, r.state)
+                    r.all_logits.append((full_s.copy(), full_e.copy()))
+                decision = policy.decide(layer, full_s, full_e, r.answer_mask if r.live_mask is None else r.live_mask,
+                                         r.state)
                 r.state = decision.state
                 if decision.exit or layer == last:
                     r.exit_layer, r.confident = layer, decision.exit
-                    r.start, r.end = s.copy(), e.copy()
-                else:
-                    keep.append(j)
+                    r.start, r.end = full_s.copy(), full_e.copy()
+                    continue
+                keep.append(j)
+                if stage is not None:
+                    current = slice(None) if r.positions is None else r.positions
+                    kept = keep_positions(s, e, r.answer_mask[current], r.context[current], stage.threshold,
+                                          stage.margin, stage.spans, MAX_ANSWER_TOKENS)
+                    if len(kept) < lengths[j]:
+                        r.skim(kept)
+                        cuts[j] = kept
+            if keep and cuts:  # re-pad the rows that run on to the longest kept row; gather on the backend
+                kept_rows = [cuts.get(j, np.arange(lengths[j])) for j in keep]
+                active, lengths = active[keep], np.array([len(k) for k in kept_rows])
+                width = int(lengths.max())
+                hidden = self.backend.select_tokens(hidden, keep, gather_index(kept_rows, width))
+            elif keep and len(keep) < len(active):  # rows that exited leave the batch; cut it to the longest row left
+                active, lengths = active[keep], lengths[keep]
+                width = int(lengths.max())
+                hidden = self.backend.select_rows(hidden, keep, width)
             step_ms.append((time.perf_counter() - t0) * 1e3)
             if not keep:
                 break
-            if len(keep) < len(active):  # rows that exited leave the batch; cut it to the longest row left
-                active = active[keep]
-                width = max(rows[i].length for i in active)
-                hidden = self.backend.select_rows(hidden, keep, width)
         return rows, step_ms, prep_ms
 
     def _answers(self, items, rows: Sequence[_Row], step_ms: Sequence[float], prep_ms: float, policy: ExitPolicy,
@@ -411,21 +489,22 @@ class Runtime:
             t0 = time.perf_counter()
             exit_layer = max(r.exit_layer for r in qrows)
             span = decode_answer(context, [r.start for r in qrows], [r.end for r in qrows],
-                                 [r.window.offsets for r in qrows], self.info.null_threshold(exit_layer), TOP_K,
+                                 [r.decode_offsets() for r in qrows], self.info.null_threshold(exit_layer), TOP_K,
                                  MAX_ANSWER_TOKENS)
             decode_ms = (time.perf_counter() - t0) * 1e3
             steps = tuple(step_ms[:exit_layer])
-            unsolved = not isinstance(policy, NoExitPolicy) and not all(r.confident for r in qrows)
+            unsolved = not isinstance(policy.exit_policy, NoExitPolicy) and not all(r.confident for r in qrows)
+            tokens = tuple(sum(r.tokens[k] for r in qrows if k < len(r.tokens)) for k in range(exit_layer))
             answers.append(_answer(span, exit_layer, self.num_layers, steps, prep_ms + sum(steps) + decode_ms, unsolved,
-                                   policy.spec, tuple(r.exit_layer for r in qrows)))
+                                   policy.spec, tuple(r.exit_layer for r in qrows), tokens))
         return answers
 
 
 def _answer(span: SpanAnswer, exit_layer: int, num_layers: int, steps: Tuple[float, ...], latency_ms: float,
-            unsolved: bool, policy: str, window_layers: Tuple[int, ...]) -> Answer:
+            unsolved: bool, policy: str, window_layers: Tuple[int, ...], tokens: Tuple[int, ...]) -> Answer:
     score = span.span_score - span.null_score if np.isfinite(span.span_score) else float("-inf")
     if span.no_answer:
         return Answer("", -1, -1, score, True, exit_layer, num_layers, steps, latency_ms, unsolved, policy,
-                      len(window_layers), window_layers, span.text)
+                      len(window_layers), window_layers, span.text, tokens)
     return Answer(span.text, span.char_start, span.char_end, score, False, exit_layer, num_layers, steps, latency_ms,
-                  unsolved, policy, len(window_layers), window_layers, span.text)
+                  unsolved, policy, len(window_layers), window_layers, span.text, tokens)

@@ -15,6 +15,12 @@ and threads at once.
 
 ``mask`` marks the positions of the answer distribution: CLS (no answer) and
 the context tokens.
+
+Skimming (``elma.runtime.skim``) composes with any policy in one spec:
+``entropy:2.4,2.9+skim:2,0.001`` exits by entropy and drops ruled-out context
+tokens after layer 2 (``none+skim:2,0.001``: skimming alone). ``parse_policy``
+reads both; the result is a ``SkimmingPolicy`` whose decisions are its exit
+policy's, and whose ``skim_stage(layer)`` tells the runtime where to skim.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from elma.runtime.skim import SkimStage
 from elma.runtime.spans import decode_spans
 from elma.runtime.stats import entropy, kl_divergence, max_prob
 
@@ -49,6 +56,19 @@ class ExitPolicy:
     def reads_exit(self, layer: int) -> bool:
         """Whether ``decide`` looks at exit ``layer``'s logits; where it does not, the runtime skips that head."""
         return True
+
+    def skim_stage(self, layer: int) -> Optional[SkimStage]:
+        """The skim stage that runs after ``layer``, if any (see ``SkimmingPolicy``)."""
+        return None
+
+    @property
+    def skim_stages(self) -> Tuple[SkimStage, ...]:
+        return ()
+
+    @property
+    def exit_policy(self) -> "ExitPolicy":
+        """The policy that decides exits (itself, unless skimming is composed with it)."""
+        return self
 
     @property
     def spec(self) -> str:
@@ -235,6 +255,46 @@ class NoExitPolicy(ExitPolicy):
         return "none"
 
 
+@dataclass(frozen=True)
+class SkimmingPolicy(ExitPolicy):
+    """An exit policy with skim stages: ``inner`` decides every exit; after each stage's layer the runtime drops
+    the context tokens that layer's exit head rules out (``elma.runtime.skim``). ``score`` is ``inner``'s."""
+
+    inner: ExitPolicy
+    stages: Tuple[SkimStage, ...]  # ascending layers, one stage per layer
+    name = "skim"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner, SkimmingPolicy) or not isinstance(self.inner, ExitPolicy):
+            raise ValueError(f"skimming composes with one exit policy (got {type(self.inner).__name__})")
+        layers = [s.layer for s in self.stages]
+        if not layers:
+            raise ValueError("a skimming policy needs at least one skim stage")
+        if layers != sorted(set(layers)):
+            raise ValueError(f"skim stages need distinct layers in ascending order (got layers {layers})")
+
+    def decide(self, layer, start_logits, end_logits, mask=None, state=None) -> ExitDecision:
+        return self.inner.decide(layer, start_logits, end_logits, mask, state)
+
+    def reads_exit(self, layer: int) -> bool:
+        return self.inner.reads_exit(layer)
+
+    def skim_stage(self, layer: int) -> Optional[SkimStage]:
+        return next((s for s in self.stages if s.layer == layer), None)
+
+    @property
+    def skim_stages(self) -> Tuple[SkimStage, ...]:
+        return self.stages
+
+    @property
+    def exit_policy(self) -> ExitPolicy:
+        return self.inner
+
+    @property
+    def spec(self) -> str:
+        return "+".join([self.inner.spec] + [s.spec for s in self.stages])
+
+
 def _floats(args, n_min: int, n_max: int, name: str) -> Tuple[float, ...]:
     if not n_min <= len(args) <= n_max:
         raise ValueError(f"policy {name!r} takes {n_min}-{n_max} parameter(s) (got {len(args)})")
@@ -245,7 +305,7 @@ def _floats(args, n_min: int, n_max: int, name: str) -> Tuple[float, ...]:
 
 
 def _int(value: float, what: str) -> int:
-    if value != int(value):
+    if not np.isfinite(value) or value != int(value):
         raise ValueError(f"{what} must be a whole number (got {value:g})")
     return int(value)
 
@@ -277,16 +337,58 @@ PARSERS: Dict[str, Any] = {
 }
 
 
+SKIM_FORM = "skim:LAYER,THRESHOLD[,MARGIN[,SPANS]]"
+
+
+def _name_args(part: str) -> Tuple[str, list]:
+    name, _, rest = part.strip().partition(":")
+    return name.strip(), [a.strip() for a in rest.split(",")] if rest.strip() else []
+
+
+def _skim(args) -> SkimStage:
+    if not 2 <= len(args) <= 4:
+        raise ValueError(f"a skim stage is {SKIM_FORM}, e.g. skim:2,0.001 (got skim:{','.join(args)})")
+    values = _floats(args, 2, 4, "skim")
+    layer = _int(values[0], "skim layer")
+    margin = _int(values[2], "skim margin") if len(values) > 2 else None
+    spans = _int(values[3], "skim spans") if len(values) > 3 else None
+    extra = {k: v for k, v in (("margin", margin), ("spans", spans)) if v is not None}
+    return SkimStage(layer, values[1], **extra)
+
+
 def parse_policy(spec: str) -> ExitPolicy:
-    """``NAME[:P1,P2,...]`` -> policy, e.g. ``entropy:0.4,0.4``, ``maxprob:0.9``, ``patience:2``,
-    ``similarity:bikl,0.05,2``, ``static:3``, ``none``.
+    """``NAME[:P1,P2,...][+skim:LAYER,THRESHOLD[,MARGIN[,SPANS]]]...`` -> policy.
+
+    Exit policies: ``entropy:0.4,0.4``, ``maxprob:0.9``, ``patience:2``, ``similarity:bikl,0.05,2``,
+    ``static:3``, ``none``. Skim stages follow with ``+``: ``entropy:2.4,2.9+skim:2,0.001`` (skim after
+    layer 2 at threshold 0.001), ``none+skim:2,0.001+skim:4,0.01`` (skimming alone, twice).
 
     Raises:
-        ValueError: unknown name or bad parameters, with the accepted forms.
+        ValueError: unknown name or bad parameters, in one line with the accepted forms.
     """
-    name, _, rest = spec.strip().partition(":")
-    args = [a.strip() for a in rest.split(",")] if rest.strip() else []
+    if not isinstance(spec, str):
+        raise ValueError(f"a policy spec is a string (got {type(spec).__name__})")
+    parts = spec.split("+")
+    if any(not p.strip() for p in parts):
+        raise ValueError(f"policy spec {spec!r} has an empty part around '+'; write e.g. entropy:0.4,0.4+skim:2,0.001")
+    name, args = _name_args(parts[0])
+    if name == "skim":
+        raise ValueError(f"{spec!r} starts with a skim stage; skimming follows an exit policy: "
+                         f"write none+{parts[0].strip()} for skimming alone")
     if name not in PARSERS:
         raise ValueError(f"unknown exit policy {name!r}; choose one of {', '.join(PARSERS)} "
-                         f"(e.g. entropy:0.4,0.4, similarity:bikl,0.05,2)")
-    return PARSERS[name](args)
+                         f"(e.g. entropy:0.4,0.4, similarity:bikl,0.05,2), optionally followed by +{SKIM_FORM}")
+    policy = PARSERS[name](args)
+    stages = []
+    for part in parts[1:]:
+        name, args = _name_args(part)
+        if name != "skim":
+            raise ValueError(f"only skim stages may follow the exit policy after '+' (got {part.strip()!r}); "
+                             f"write {SKIM_FORM}")
+        stages.append(_skim(args))
+    if not stages:
+        return policy
+    layers = [s.layer for s in stages]
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"two skim stages after the same layer (layers {','.join(map(str, layers))}); one per layer")
+    return SkimmingPolicy(policy, tuple(sorted(stages, key=lambda s: s.layer)))

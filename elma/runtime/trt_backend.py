@@ -354,6 +354,27 @@ class TensorRTBackend(Backend):
                                self._stream)
         return DeviceHidden(out, len(rows), width, hidden.hidden)
 
+    def select_tokens(self, hidden: DeviceHidden, rows: Sequence[int], index) -> DeviceHidden:
+        """Keep ``rows`` and in row j the tokens ``index[j]`` (skimming), on the GPU into the other ping-pong buffer.
+
+        No host round trip and no kernel: kept tokens come in runs (the question, the regions around candidate
+        spans, the padding slots of ``gather_index``), and each run is one device-to-device copy.
+        """
+        from elma.runtime.skim import copy_runs
+
+        index = np.asarray(index)
+        if index.ndim != 2 or index.shape[0] != len(rows) or index.size and (index.min() < 0 or index.max() >= hidden.seq):
+            raise ValueError(f"token index {index.shape} does not fit {len(rows)} rows of {hidden.seq} tokens")
+        out = self._other(hidden.ptr)
+        width = index.shape[1]
+        token_bytes = hidden.hidden * FLOAT32_BYTES
+        for j, i in enumerate(rows):
+            src_row = hidden.ptr + int(i) * hidden.row_bytes
+            dst_row = out + j * width * token_bytes
+            for dst, src, count in copy_runs(index[j]):
+                self.cuda.dtod(dst_row + dst * token_bytes, src_row + src * token_bytes, count * token_bytes, self._stream)
+        return DeviceHidden(out, len(rows), width, hidden.hidden)
+
     def describe(self) -> str:
         return f"tensorrt {self.trt.__version__} ({getattr(self.cuda, 'name', 'cuda')})"
 

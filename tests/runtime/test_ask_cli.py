@@ -71,6 +71,14 @@ def test_json_output(ask, bundle):
         assert CONTEXT[record["char_start"]:record["char_end"]] == record["text"]
 
 
+def test_a_skimming_policy_reports_tokens_per_layer(ask, bundle):
+    code, out, _ = ask([QUESTION, "--model", bundle, "--context", CONTEXT, "--json", "--policy", "none+skim:1,0.03"])
+    record = json.loads(out)
+    assert code == 0 and record["policy"] == "none+skim:1,0.03" and len(record["tokens_per_layer"]) == 3
+    first, *rest = record["tokens_per_layer"]
+    assert rest[0] == rest[1] < first, "layers 2 and 3 ran on the tokens kept after layer 1"
+
+
 def test_interactive_mode_answers_each_line(ask, bundle):
     questions = [q for q, _ in QAS] + ["   ", "ignored after the empty line"]
     code, out, err = ask(["-i", "--model", bundle, "--context", CONTEXT, "--json"], stdin="\n".join(questions) + "\n")
@@ -92,6 +100,8 @@ def test_a_model_folder_runs_on_torch(ask, tiny_bundles, bundle):
     ([QUESTION], "", "standard input is empty"),
     ([QUESTION, "--context", CONTEXT, "--policy", "wobble:1"], "", "unknown exit policy 'wobble'"),
     ([QUESTION, "--context", CONTEXT, "--policy", "entropy:x"], "", "parameters must be numbers"),
+    ([QUESTION, "--context", CONTEXT, "--policy", "none+skim:2"], "", "skim:LAYER,THRESHOLD"),
+    ([QUESTION, "--context", CONTEXT, "--policy", "none+skim:3,0.1"], "", "leaves no layer to run on the kept tokens"),
     ([QUESTION, "--context", CONTEXT, "--max-layer", "7"], "", "--max-layer must be in 1..3"),
     ([QUESTION, "--context", CONTEXT, "--backend", "torch"], "", "the torch backend runs an ELMA model folder"),
     (["-i"], "", "interactive mode reads questions from standard input"),

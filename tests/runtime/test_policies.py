@@ -140,3 +140,51 @@ def test_parse_policy_errors_say_what_is_accepted(spec, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         parse_policy(spec)
+
+
+# ---- skim stages in the spec ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, exit_policy, stages", [
+    ("entropy:2.4,2.9+skim:2,0.001", EntropyPolicy(2.4, 2.9), [(2, 0.001, 2, 5)]),
+    ("none+skim:2,0.001", NoExitPolicy(), [(2, 0.001, 2, 5)]),
+    (" maxprob:0.9 + skim:4,0.01 + skim:1,0,3,2 ", MaxProbPolicy(0.9), [(1, 0.0, 3, 2), (4, 0.01, 2, 5)]),
+    ("similarity:bikl,0.05,2+skim:3,0.5,0", SimilarityPolicy("bikl", 0.05, 2), [(3, 0.5, 0, 5)]),
+])
+def test_skim_stages_compose_with_any_exit_policy(spec, exit_policy, stages):
+    pol = parse_policy(spec)
+    assert pol.exit_policy == exit_policy
+    assert [(s.layer, s.threshold, s.margin, s.spans) for s in pol.skim_stages] == stages, "ascending layers"
+    assert parse_policy(pol.spec) == pol, pol.spec
+    assert pol.skim_stage(stages[0][0]) == pol.skim_stages[0] and pol.skim_stage(99) is None
+    s, e = peaked(5), peaked(6)
+    assert pol.decide(1, s, e, MASK) == exit_policy.decide(1, s, e, MASK), "the exit policy decides"
+    assert [pol.reads_exit(k) for k in (1, 2, 3)] == [exit_policy.reads_exit(k) for k in (1, 2, 3)]
+
+
+def test_plain_policies_have_no_skim_stages():
+    pol = parse_policy("entropy:0.4,0.4")
+    assert pol.skim_stages == () and pol.skim_stage(1) is None and pol.exit_policy is pol
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("skim:2,0.001", "write none+skim:2,0.001 for skimming alone"),
+    ("entropy:1,1+", "empty part around '+'"),
+    ("+skim:2,0.1", "empty part around '+'"),
+    ("none+entropy:1", "only skim stages may follow"),
+    ("none+skim:2", "skim:LAYER,THRESHOLD[,MARGIN[,SPANS]]"),
+    ("none+skim:2,0.1,1,1,1", "skim:LAYER,THRESHOLD[,MARGIN[,SPANS]]"),
+    ("none+skim:0,0.1", "layer must be >= 1"),
+    ("none+skim:1.5,0.1", "whole number"),
+    ("none+skim:inf,0.1", "whole number"),
+    ("none+skim:2,1.5", "[0, 1]"),
+    ("none+skim:2,nan", "[0, 1]"),
+    ("none+skim:2,x", "must be numbers"),
+    ("none+skim:2,0.1,-1", "margin >= 0"),
+    ("none+skim:2,0.1,1,0", "spans >= 1"),
+    ("none+skim:2,0.1+skim:2,0.2", "two skim stages after the same layer"),
+    ("wobble+skim:2,0.1", "unknown exit policy"),
+])
+def test_bad_skim_specs_are_refused_in_one_line(spec, message):
+    with pytest.raises(ValueError) as err:
+        parse_policy(spec)
+    assert message in str(err.value) and "\n" not in str(err.value)

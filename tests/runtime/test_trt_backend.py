@@ -370,6 +370,53 @@ def test_runtime_on_tensorrt_equals_the_reference_with_a_shrinking_batch(backend
         assert (a.text, a.exit_layer, a.no_answer) == (b.text, b.exit_layer, b.no_answer)
 
 
+def test_tokens_are_gathered_on_the_device(backend):
+    from elma.runtime.skim import copy_runs, gather_index
+
+    ids = np.arange(40, dtype=np.int32).reshape(4, 10)
+    hidden = backend.embed(ids, np.zeros_like(ids))
+    kept = [np.array([0, 1, 2, 6, 7, 9]), np.array([0, 4]), np.arange(5)]
+    index = gather_index(kept, 6)
+    copies = []
+    cuda = backend.cuda
+
+    def dtod(dst, src, nbytes, stream):
+        assert stream == backend._stream, "the backend's stream"
+        copies.append(nbytes)
+        FakeCuda.dtod(cuda, dst, src, nbytes, stream)
+
+    def no_host_copy(*args):
+        raise AssertionError("select_tokens must not copy through the host")
+
+    cuda.dtod, cuda.dtoh, cuda.htod = dtod, no_host_copy, no_host_copy
+    out = backend.select_tokens(hidden, [3, 0, 2], index)
+    assert out.shape == (3, 6, H) and out.ptr != hidden.ptr
+    assert len(copies) == sum(len(copy_runs(r)) for r in index) < index.size, "one copy per contiguous run"
+    got = cuda.array(out.ptr, out.shape, np.float32)
+    want = NumpyReference(3).embed(ids, np.zeros_like(ids))[np.array([3, 0, 2])[:, None], index]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="does not fit"):
+        backend.select_tokens(hidden, [0], np.array([[0, 10]]))
+
+
+def test_runtime_on_tensorrt_equals_the_reference_with_skimming(backend):
+    tokenizer = make_wordpiece_tokenizer()
+    info = ModelInfo(Path("."), "bundle", "bert", 3, WindowConfig(64, 16, 16), (0.0, 0.0, 0.0), Path("tokenizer.json"))
+    items = [("who is the king", "the king was rollo . the norman duke built a castle near the river"),
+             ("what city", "rouen was the capital of normandy and the old city of the norman people"),
+             ("where", "the tower of the old city")]
+    ref_rt = Runtime(NumpyReference(3), info, tokenizer=make_wordpiece_tokenizer())
+    with Runtime(backend, info, tokenizer=tokenizer) as trt_rt:
+        for policy in ("none+skim:1,0.01", "entropy:1,1+skim:1,0.01+skim:2,0.05"):
+            got = trt_rt.ask_batch(items, policy=policy)
+            want = [ref_rt.ask(q, c, policy=policy) for q, c in items]
+            for a, b in zip(got, want):
+                assert (a.text, a.exit_layer, a.no_answer, a.tokens_per_layer) == (b.text, b.exit_layer, b.no_answer,
+                                                                                   b.tokens_per_layer)
+            full = trt_rt.ask_batch(items, policy="none")
+            assert sum(a.token_layers for a in got) < sum(a.token_layers for a in full), "tokens were dropped"
+
+
 def test_close_frees_every_buffer(tmp_path):
     cuda = FakeCuda()
     be = TensorRTBackend(fake_bundle(tmp_path), trt=fake_trt("10.3.0", cuda), cuda=cuda, check_target=False)
@@ -655,3 +702,21 @@ def test_real_engines_match_onnxruntime(tiny_bundles, tmp_path):
             x, y = a.ask(*items[0], policy=f"static:{k}"), b.ask(*items[0], policy=f"static:{k}")
             assert (x.text, x.exit_layer) == (y.text, y.exit_layer) and x.score == pytest.approx(y.score, abs=1e-2)
     assert trt.__version__
+
+
+@pytest.mark.gpu
+def test_real_engines_skim_as_onnxruntime_does(tiny_bundles, tmp_path):
+    pytest.importorskip("tensorrt", reason="needs TensorRT and a CUDA GPU (a Jetson or a desktop GPU)")
+    import shutil
+
+    from elma.export.tensorrt_build import EngineBuildConfig, build_engines
+
+    bundle = shutil.copytree(tiny_bundles.bundle("bert"), tmp_path / "b")
+    build_engines(bundle, EngineBuildConfig(max_batch=4))
+    items = [("who is the king", "the king was rollo . the norman duke built a castle near the river"),
+             ("what city", "rouen was the capital of normandy and the old city of the norman people")]
+    with Runtime.open(bundle, backend="tensorrt") as a, Runtime.open(bundle) as b:
+        for policy in ("none+skim:1,0", "none+skim:1,0.03", "entropy:2.5,2.5+skim:1,0.03+skim:2,0.06"):
+            for x, y in zip(a.ask_batch(items, policy=policy), b.ask_batch(items, policy=policy)):
+                assert (x.text, x.exit_layer, x.tokens_per_layer) == (y.text, y.exit_layer, y.tokens_per_layer)
+                assert x.score == pytest.approx(y.score, abs=1e-2)
