@@ -368,11 +368,13 @@ class TensorRTBackend(Backend):
         out = self._other(hidden.ptr)
         width = index.shape[1]
         token_bytes = hidden.hidden * FLOAT32_BYTES
-        for j, i in enumerate(rows):
-            src_row = hidden.ptr + int(i) * hidden.row_bytes
-            dst_row = out + j * width * token_bytes
-            for dst, src, count in copy_runs(index[j]):
-                self.cuda.dtod(dst_row + dst * token_bytes, src_row + src * token_bytes, count * token_bytes, self._stream)
+        with self.cuda.activate():
+            for j, i in enumerate(rows):
+                src_row = hidden.ptr + int(i) * hidden.row_bytes
+                dst_row = out + j * width * token_bytes
+                for dst, src, count in copy_runs(index[j]):
+                    self.cuda.dtod(dst_row + dst * token_bytes, src_row + src * token_bytes, count * token_bytes,
+                                   self._stream)
         return DeviceHidden(out, len(rows), width, hidden.hidden)
 
     def describe(self) -> str:
