@@ -44,7 +44,7 @@ from elma.runtime.policies import (
     decoded_answer,
 )
 from elma.runtime.spans import decode_answer
-from elma.runtime.stats import entropy, max_prob
+from elma.runtime.stats import entropy, kl_divergence, max_prob
 
 logger = logging.getLogger(__name__)
 
@@ -113,30 +113,42 @@ class Recorded:
 
     def _stats(self) -> np.ndarray:
         """(W, L, 3) float64 over every window: H_start, H_end and the smaller max probability per layer, computed
-        once with the functions the policies use, so that threshold policies are simulated by comparisons alone."""
+        once with the functions the policies use (over a window's L layers at once; the statistics reduce over the
+        last axis only, so that each row is what the policy computes), so that threshold policies are simulated by
+        comparisons alone."""
         if self._stat_cache is None:
             out = np.empty((self.num_windows, self.num_layers, 3), dtype=np.float64)
             w = 0
             for q in self.questions:
                 for lg, m in zip(q.logits, q.answer_masks):
-                    for layer in range(self.num_layers):
-                        out[w, layer] = (float(entropy(lg[layer, 0], m)), float(entropy(lg[layer, 1], m)),
-                                         min(float(max_prob(lg[layer, 0], m)), float(max_prob(lg[layer, 1], m))))
+                    out[w, :, 0] = entropy(lg[:, 0], m)
+                    out[w, :, 1] = entropy(lg[:, 1], m)
+                    out[w, :, 2] = np.minimum(max_prob(lg[:, 0], m).astype(np.float64),
+                                              max_prob(lg[:, 1], m).astype(np.float64))
                     w += 1
             self._stat_cache = out
         return self._stat_cache
 
     def _divergences(self, variant: str) -> np.ndarray:
-        """(W, L - 1) divergence between layers l and l+1 of every window, with the policy's own function."""
+        """(W, L - 1) divergence between layers l and l+1 of every window.
+
+        ``SimilarityPolicy.divergence`` over a window's layers at once: the same float32 KL per row, then the
+        same float64 sums (forward + reverse per distribution, the two distributions averaged).
+        """
         if variant not in self._div_cache:
-            probe = SimilarityPolicy(variant, 0.0)
             out = np.empty((self.num_windows, self.num_layers - 1), dtype=np.float64)
             w = 0
             for q in self.questions:
                 for lg, m in zip(q.logits, q.answer_masks):
-                    for layer in range(1, self.num_layers):
-                        out[w, layer - 1] = probe.divergence((lg[layer - 1, 0], lg[layer - 1, 1]),
-                                                             (lg[layer, 0], lg[layer, 1]), m)
+                    total = np.zeros(self.num_layers - 1, dtype=np.float64)
+                    for d in (0, 1):  # start, end
+                        prev, cur = lg[:-1, d], lg[1:, d]  # (L - 1, T) each
+                        forward = (kl_divergence(cur, prev, m).astype(np.float64) if variant in ("kl", "bikl")
+                                   else 0.0)
+                        reverse = (kl_divergence(prev, cur, m).astype(np.float64) if variant in ("rekl", "bikl")
+                                   else 0.0)
+                        total = total + (forward + reverse)
+                    out[w] = total / 2
                     w += 1
             self._div_cache[variant] = out
         return self._div_cache[variant]

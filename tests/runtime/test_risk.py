@@ -1,6 +1,7 @@
 """Hoeffding-Bentkus p-values and fixed-sequence testing (elma.runtime.risk), against hand values and exact sums."""
 
 import math
+import sys
 from fractions import Fraction
 
 import pytest
@@ -32,6 +33,13 @@ def test_the_logsum_fallback_matches_scipy_in_the_far_tail():
     pytest.importorskip("scipy")
     for k, n, p in [(0, 5000, 0.01), (20, 5000, 0.01), (49, 5000, 0.01), (30000, 60000, 0.5), (59999, 60000, 0.9)]:
         assert risk._binomial_cdf_logsum(k, n, p) == pytest.approx(binomial_cdf(k, n, p), rel=1e-8)
+
+
+def test_without_scipy_the_fallback_answers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert binomial_cdf(3, 40, 0.2) == pytest.approx(float(exact_cdf(3, 40, Fraction(1, 5))), rel=1e-9)
+    assert hoeffding_bentkus_pvalue(0.0, 100, 0.1) == pytest.approx(0.9 ** 100)
 
 
 def test_hand_values():
