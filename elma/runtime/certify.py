@@ -194,9 +194,12 @@ class LttReport:
                 "policies": {k: asdict(v) for k, v in self.policies.items()}}
 
 
-def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional[str] = None) -> str:
+def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional[str] = None,
+                   num_layers: Optional[int] = None) -> str:
     """The policy spec to run when none is given: the certified setting of policy ``default`` if named, else
     the certified setting with the fewest mean layers, else ``"none"`` (full depth, always within any delta).
+    Where the fewest is still every one of ``num_layers`` layers, ``"none"`` too: it reaches the same answers
+    without running the exit heads on the way.
 
     Raises:
         ValueError: ``default`` names a policy that was not calibrated or certified nothing.
@@ -209,7 +212,10 @@ def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional
         return str(certified[default].spec)
     if not certified:
         return "none"
-    return str(min(certified.values(), key=lambda c: (c.mean_layers, c.risk_points)).spec)
+    best = min(certified.values(), key=lambda c: (c.mean_layers, c.risk_points))
+    if num_layers is not None and best.mean_layers >= num_layers:
+        return "none"
+    return str(best.spec)
 
 
 def _losses(recorded: Recorded, window_layers: np.ndarray, risk: str, full_gold_f1: np.ndarray) -> np.ndarray:
@@ -318,7 +324,7 @@ def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: flo
     recorded = record(runtime, examples, batch_size)
     t1 = time.perf_counter()
     certs, points, full_f1 = certify(recorded, split, risk, delta_points, epsilon, policies)
-    default_spec = choose_default(certs, default)
+    default_spec = choose_default(certs, default, recorded.num_layers)
     t2 = time.perf_counter()
     return LttReport(risk, float(delta_points), float(epsilon), epsilon / len(policies), int(split.test.size),
                      len(examples), int(split.learn.size), int(split.check.size), split.unit, seed,
