@@ -368,7 +368,7 @@ def cmd_calibrate(args) -> int:
     if not is_bundle(args.bundle):
         raise BundleError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    examples = load_squad(Path(args.data), check_offsets=False, labels=args.risk == "f1")
+    examples = load_squad(Path(args.data), check_offsets=False, labels=False)  # the f1 risk checks its labels
     try:
         with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
             report = calibrate(rt, examples, args.risk, args.delta, args.epsilon, policies, args.default,
@@ -385,7 +385,8 @@ def cmd_calibrate(args) -> int:
           f"tested in {report.search_s:.1f} s)")
     for name, c in report.policies.items():
         if c.spec is None:
-            print(f"{name:<10} no setting certified (stopped at {c.first_failure}, p {c.first_failure_p:.3g})")
+            stop = "" if c.first_failure is None else f" (stopped at {c.first_failure}, p {c.first_failure_p:.3g})"
+            print(f"{name:<10} no setting certified{stop}")
             continue
         f1 = "" if c.f1 is None else f"  F1 {c.f1:6.2f}"
         line = (f"{name:<10} {c.spec:<32} mean layers {c.mean_layers:5.2f}  risk {c.risk_points:6.3f}  "

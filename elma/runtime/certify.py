@@ -236,12 +236,10 @@ def certify(recorded: Recorded, split: Split, risk: str, delta_points: float, ep
     _validate(risk, delta_points, epsilon, policies)
     delta = delta_points / 100.0
     eps_each = epsilon / len(policies)
-    labelled = np.array([q.example.is_impossible or bool(q.example.answers) for q in recorded.questions])
+    labelled = np.array([_labelled(q.example) for q in recorded.questions])
+    _check_labels(risk, labelled)
     full_layers = np.full(recorded.num_windows, recorded.num_layers, dtype=np.int64)
     full_gold_f1, _ = recorded.outcomes(full_layers)
-    if risk == "f1" and not labelled.all():
-        raise DataError(f"{int((~labelled).sum())} of {labelled.size} calibration questions have no answers and are "
-                        "not marked impossible: the f1 risk needs labels; use --risk consistency")
 
     def f1_of(gold_f1: np.ndarray, idx: np.ndarray) -> Optional[float]:
         return float(100.0 * gold_f1[idx].mean()) if idx.size and labelled[idx].all() else None
@@ -264,8 +262,11 @@ def certify(recorded: Recorded, split: Split, risk: str, delta_points: float, ep
         fail_p = None if failure is None else float(seq.p_values[seq.passed])
         if seq.chosen is None:
             out[name] = PolicyCertificate(name, len(settings), 0, None, None, None, None, None, fail_spec, fail_p, None)
-            logger.warning("%s: no setting certified (the sequence stopped at %s, p = %.3g > %.3g)",
-                           name, fail_spec, fail_p, eps_each)
+            if fail_spec is None:
+                logger.warning("%s: no setting to test (a %d-layer model)", name, recorded.num_layers)
+            else:
+                logger.warning("%s: no setting certified (the sequence stopped at %s, p = %.3g > %.3g)",
+                               name, fail_spec, fail_p, eps_each)
             continue
         c = seq.chosen
         chosen = settings[c]
@@ -285,6 +286,16 @@ def certify(recorded: Recorded, split: Split, risk: str, delta_points: float, ep
         logger.info("%s: %s certified (%d of %d settings passed), mean layers %.2f, risk %.3f points, p = %.3g",
                     name, chosen.spec, seq.passed, len(settings), stats[c, 3], 100.0 * stats[c, 2], p_chosen)
     return out, points, f1_of(full_gold_f1, split.test)
+
+
+def _labelled(ex: Example) -> bool:
+    return ex.is_impossible or bool(ex.answers)
+
+
+def _check_labels(risk: str, labelled: np.ndarray) -> None:
+    if risk == "f1" and not labelled.all():
+        raise DataError(f"{int((~labelled).sum())} of {labelled.size} calibration questions have no answers and are "
+                        "not marked impossible: the f1 risk needs labels; use --risk consistency")
 
 
 def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence[str]) -> None:
@@ -319,6 +330,7 @@ def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: flo
         check_fraction, learn_fraction, seed: the split (``split_questions``).
     """
     _validate(risk, delta_points, epsilon, policies)
+    _check_labels(risk, np.array([_labelled(ex) for ex in examples], dtype=bool))
     split = split_questions(examples, check_fraction, learn_fraction, seed)
     t0 = time.perf_counter()
     recorded = record(runtime, examples, batch_size)

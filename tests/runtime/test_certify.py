@@ -178,7 +178,9 @@ def test_consistency_on_unlabelled_questions_sets_the_runtime_default(bundle, tm
     # Labels are needed for the f1 risk; a file without them is refused with one line, manifest untouched.
     before = (bundle / "manifest.json").read_text()
     assert main(["calibrate", str(bundle), "--data", str(data), "--risk", "f1", "--delta", "1"]) == 2
-    assert "answers" in capsys.readouterr().err and (bundle / "manifest.json").read_text() == before
+    err = capsys.readouterr().err
+    assert "48 of 48 calibration questions have no answers" in err and "--risk consistency" in err
+    assert len(err.strip().splitlines()) == 1 and (bundle / "manifest.json").read_text() == before
 
 
 def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
@@ -203,6 +205,11 @@ def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
         assert msg in capsys.readouterr().err, bad
     assert main(base + ["--delta", "5", "--dry-run"]) == 0
     assert load_bundle(bundle).manifest["exit_thresholds"]["delta_points"] == 30, "--dry-run writes nothing"
+    # 24 test questions cannot certify 1 point at epsilon 0.01, not even full depth: (0.99)^24 > 0.01 / 2.
+    capsys.readouterr()
+    assert main(base + ["--delta", "1", "--epsilon", "0.01", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("no setting certified (stopped at") == 2 and "default policy: none" in out
 
 
 def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consistency_risk(bundle):
