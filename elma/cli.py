@@ -356,14 +356,30 @@ def cmd_power_sample(args) -> int:
 
 
 def _add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="choose exit-policy thresholds on a calibration set; store them in the bundle")
+    p = sub.add_parser("calibrate", help="certify exit-policy settings on a calibration set (Learn then Test); store the "
+                                         "default in the bundle")
     p.add_argument("bundle", help="bundle folder written by `elma export`")
-    p.add_argument("--data", required=True, help="calibration SQuAD JSON (from training material, never the dev set)")
-    p.add_argument("--max-f1-drop", type=float, required=True, metavar="D",
-                   help="F1 points (0-100) a setting may lose against full depth")
+    p.add_argument("--data", required=True, help="calibration SQuAD JSON (from training material, never the dev set); "
+                                                 "answers may be left out with --risk consistency")
+    p.add_argument("--risk", choices=["f1", "consistency"], default="f1",
+                   help="f1: mean F1 drop against full depth (labelled questions); consistency: mean disagreement "
+                        "(100 - F1) with the full-depth answer, no labels needed (default: f1)")
+    p.add_argument("--delta", type=float, metavar="D",
+                   help="risk level in F1 points (0-100): certified mean loss <= D with probability >= 1 - epsilon")
+    p.add_argument("--epsilon", type=float, default=0.1, metavar="E",
+                   help="the guarantee may fail with probability at most E (default: 0.1)")
+    p.add_argument("--max-f1-drop", type=float, metavar="D",
+                   help="kept for old scripts: the same as --risk f1 --delta D")
     p.add_argument("--policies", default=",".join(("entropy", "maxprob", "patience", "similarity", "static")),
                    help="comma-separated policy names to calibrate (default: all)")
-    p.add_argument("--default", help="policy name `elma-ask` uses by default (default: the fastest calibrated one)")
+    p.add_argument("--default", help="policy name `elma-ask` uses by default (default: the certified setting with "
+                                     "the fewest mean layers)")
+    p.add_argument("--check-fraction", type=float, default=0.2,
+                   help="share of the questions, by article, set aside to check the certified settings on (default: 0.2)")
+    p.add_argument("--learn-fraction", type=float, default=0.25,
+                   help="share of the other questions, by article, that build and order the grids; the rest gives "
+                        "the p-values (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by article (default: 0)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
@@ -373,27 +389,48 @@ def _add_calibrate(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     from elma.data.squad import load_squad
-    from elma.runtime.calibrate import calibrate, check_calibration_target, write_calibration
+    from elma.runtime.certify import calibrate, check_calibration_target, write_calibration
     from elma.runtime.engine import Runtime, is_bundle
 
+    if args.max_f1_drop is not None:
+        if args.delta is not None or args.risk != "f1":
+            raise UsageError("--max-f1-drop D is short for --risk f1 --delta D; give one or the other")
+        args.delta = args.max_f1_drop
+    if args.delta is None:
+        raise UsageError("give the risk level: --delta D (F1 points), e.g. --risk f1 --delta 1 --epsilon 0.1")
     if not is_bundle(args.bundle):
         raise BundleError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
     if not args.dry_run:
         check_calibration_target(Path(args.bundle), args.overwrite)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    examples = load_squad(Path(args.data), check_offsets=False)
+    examples = load_squad(Path(args.data), check_offsets=False, labels=False)  # the f1 risk checks its labels
     try:
         with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
-            report = calibrate(rt, examples, args.max_f1_drop, policies, args.default, args.batch_size)
+            report = calibrate(rt, examples, args.risk, args.delta, args.epsilon, policies, args.default,
+                               args.check_fraction, args.learn_fraction, args.seed, args.batch_size)
     except ValueError as err:
         raise UsageError(str(err)) from err
     if not args.dry_run:
         write_calibration(Path(args.bundle), report, Path(args.data).name)
-    print(f"full depth: F1 {report.full_depth.f1:.2f}, {report.full_depth.mean_layers:.2f} layers "
-          f"({report.questions} questions; recorded in {report.record_s:.1f} s, {report.grid_points} settings "
-          f"simulated in {report.search_s:.1f} s)")
-    for name, s in report.chosen.items():
-        print(f"{name:<10} {s.spec:<32} F1 {s.f1:6.2f}  mean layers {s.mean_layers:5.2f}  unsolved {100 * s.unsolved_rate:5.1f}%")
+    full = "" if report.full_depth_f1 is None else f"full-depth F1 {report.full_depth_f1:.2f}, "
+    print(f"risk {report.risk} <= {report.delta_points:g} points with probability >= {1 - report.epsilon:g} "
+          f"({report.epsilon_per_policy:.3g} per policy); {report.questions} questions by {report.split_unit}: "
+          f"{report.learn_questions} learn, {report.n} test, {report.check_questions} check; {full}"
+          f"{report.num_layers} layers (recorded in {report.record_s:.1f} s, {report.grid_points} settings "
+          f"tested in {report.search_s:.1f} s)")
+    for name, c in report.policies.items():
+        if c.spec is None:
+            stop = "" if c.first_failure is None else f" (stopped at {c.first_failure}, p {c.first_failure_p:.3g})"
+            print(f"{name:<10} no setting certified{stop}")
+            continue
+        f1 = "" if c.f1 is None else f"  F1 {c.f1:6.2f}"
+        line = (f"{name:<10} {c.spec:<32} mean layers {c.mean_layers:5.2f}  risk {c.risk_points:6.3f}  "
+                f"p {c.p_value:.3g}  ({c.passed}/{c.settings} passed){f1}")
+        if c.check is not None:
+            check_f1 = "" if c.check.f1 is None else f", F1 {c.check.f1:.2f} (full {c.check.full_depth_f1:.2f})"
+            line += (f"  | check: risk {c.check.risk_points:.3f}{'' if c.check.within_delta else ' ABOVE DELTA'}, "
+                     f"{c.check.mean_layers:.2f} layers{check_f1}")
+        print(line)
     where = "not written (--dry-run)" if args.dry_run else f"written to {Path(args.bundle) / 'manifest.json'}"
     print(f"default policy: {report.default}; {where}")
     return 0

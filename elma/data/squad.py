@@ -69,13 +69,16 @@ def _require(obj: object, key: str, kind: type, where: str) -> object:
     return value
 
 
-def parse_squad(payload: object, source: str = "<data>", check_offsets: bool = True) -> List[Example]:
+def parse_squad(payload: object, source: str = "<data>", check_offsets: bool = True,
+                labels: bool = True) -> List[Example]:
     """Turn a parsed SQuAD document into Examples, validating every field.
 
     Args:
         payload: the parsed JSON document.
         source: file name used in error messages.
         check_offsets: require ``context[answer_start:][:len(text)] == text``.
+        labels: require answers (or ``is_impossible``). False accepts unlabelled questions (no ``answers`` key,
+            or none and not impossible): they come back with no answers and ``is_impossible`` False.
 
     Returns:
         The examples in file order.
@@ -109,9 +112,9 @@ def parse_squad(payload: object, source: str = "<data>", check_offsets: bool = T
                 impossible = qa.get("is_impossible", False)
                 if not isinstance(impossible, bool):
                     raise DataError(f"{qwhere}: 'is_impossible' must be true or false")
-                raw_answers = _require(qa, "answers", list, qwhere)
+                raw_answers = _require(qa, "answers", list, qwhere) if labels or "answers" in qa else []
                 answers = tuple(_parse_answer(ans, context, qwhere, i, check_offsets) for i, ans in enumerate(raw_answers))
-                if not impossible and not answers:
+                if labels and not impossible and not answers:
                     raise DataError(f"{qwhere}: answerable question with no answers (set is_impossible or add one)")
                 if impossible:
                     answers = ()  # plausible_answers are not answers
@@ -135,9 +138,9 @@ def _parse_answer(ans: object, context: str, where: str, idx: int, check_offsets
     return Answer(text, start)
 
 
-def load_squad(path: Path, check_offsets: bool = True) -> List[Example]:
+def load_squad(path: Path, check_offsets: bool = True, labels: bool = True) -> List[Example]:
     """Load and validate a SQuAD 1.1 or 2.0 file (see parse_squad)."""
-    return parse_squad(read_json(path, "SQuAD file"), str(path), check_offsets)
+    return parse_squad(read_json(path, "SQuAD file"), str(path), check_offsets, labels)
 
 
 def load_many(paths: Iterable[Path], check_offsets: bool = True) -> List[Example]:

@@ -80,6 +80,15 @@ def compute_f1(a_gold: str, a_pred: str) -> float:
     return _f1_tokens(_tokens(a_gold), _tokens(a_pred))
 
 
+def question_f1(answers: List[str], prediction: str) -> float:
+    """One question's F1 (0-1) as the official script scores it: the best over the gold ``answers`` that normalise
+    to something, or against ``['']`` when none does (an unanswerable question: right only if the prediction is
+    empty too). The dataset F1 is 100 times the mean of these."""
+    golds = [n for n in (normalize_answer(a) for a in answers) if n] or [""]
+    pred_toks = normalize_answer(prediction).split()
+    return float(max(_f1_tokens(g.split(), pred_toks) for g in golds))
+
+
 # --------------------------------------------------------------------------- #
 # Whole-dataset scores
 # --------------------------------------------------------------------------- #

@@ -143,6 +143,22 @@ def test_check_offsets_false_accepts_shifted_answer(tmp_path):
     assert exs[2].answers == (Answer("Rollo", 3),)
 
 
+def test_unlabelled_questions_load_only_when_labels_are_not_required():
+    doc = squad2()
+    del _qa(doc, art=1)["answers"]  # no answers key
+    _qa(doc, art=0, q=0)["answers"] = []  # answerable, no answers
+    with pytest.raises(DataError, match="answerable question with no answers"):
+        parse_squad(copy.deepcopy(doc))
+    examples = {e.qid: e for e in parse_squad(doc, labels=False)}
+    assert examples["q-b1"].answers == () and not examples["q-b1"].is_impossible
+    assert examples["q-a1"].answers == () and not examples["q-a1"].is_impossible
+    assert examples["q-a2"].is_impossible, "labelled questions keep their labels"
+    bad = squad2()
+    _qa(bad, art=1)["answers"][0]["answer_start"] = -1
+    with pytest.raises(DataError, match="outside the context"):
+        parse_squad(bad, labels=False)
+
+
 def test_read_json_and_parse_squad_agree_with_load_squad(tmp_path):
     path = write(tmp_path, squad2())
     assert parse_squad(read_json(path), str(path)) == load_squad(path)

@@ -91,9 +91,10 @@ def test_device_side_modules_import_without_torch_onnxruntime_or_tensorrt():
 
     root = Path(__file__).resolve().parents[2]
     code = ("import sys\n"
-            "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'pycuda', 'cuda'):\n"
+            "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'pycuda', 'cuda', 'scipy'):\n"
             "    sys.modules[name] = None\n"
             "import elma.runtime.engine, elma.runtime.backends, elma.runtime.trt_backend, elma.runtime.calibrate\n"
+            "import elma.runtime.certify, elma.runtime.risk\n"
             "import elma.ask_cli\n"
             "print('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,

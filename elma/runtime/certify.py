@@ -1,0 +1,362 @@
+"""``elma calibrate``: certify each exit policy's most aggressive setting with Learn then Test, store the default.
+
+The guarantee (Learn then Test, as CALM uses it; the p-value maths is in ``elma.runtime.risk``): with
+probability at least 1 - epsilon over the draw of the calibration questions, the mean loss of the stored
+setting on new questions drawn like them is at most delta. Two losses, per question, both in [0, 1]:
+
+* ``f1``: max(0, F1_full - F1_early), the answer's F1 drop against full depth (labelled questions). Its mean
+  bounds the mean F1 drop from above, so certifying it certifies the F1 drop in points (delta / 100).
+* ``consistency``: 1 - F1(early answer, full-depth answer), a no-answer verdict counting as the empty answer
+  (both empty: agreement). No labels needed: questions from the field can calibrate a bundle.
+
+The calibration file is split by article (seeded): a *check* part set aside, on which the certified
+settings are only measured afterwards; of the rest, a *learn* part that builds each policy's grid and orders
+it from most to least conservative (ascending empirical risk, then descending mean layers), and a *test*
+part on which each setting gets its Hoeffding-Bentkus p-value. Walking the order, settings pass while
+p <= epsilon / (number of policies) (Bonferroni across policies, so that every certified setting of every
+policy holds at once and the default may be picked among them afterwards); the walk stops at the first
+failure. A policy's certified setting is its passed setting with the fewest mean layers on the test part;
+the default is the certified setting with the fewest mean layers over all policies, else full depth.
+Keeping the grid and the order off the test part is what makes the p-values valid: they must not depend on
+the questions they are computed from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from elma.data.squad import Example
+from elma.errors import DataError
+from elma.runtime.calibrate import CALIBRATED_POLICIES, Recorded, record
+from elma.runtime.policies import ExitPolicy
+from elma.runtime.risk import fixed_sequence, hoeffding_bentkus_pvalue
+
+logger = logging.getLogger(__name__)
+
+RISKS = ("f1", "consistency")
+DEFAULT_EPSILON = 0.1  # 1 - confidence of the guarantee
+DEFAULT_CHECK_FRACTION = 0.2  # of the questions, by article, measured on only
+DEFAULT_LEARN_FRACTION = 0.25  # of the remaining questions, by article, that build and order the grids
+
+
+@dataclass(frozen=True)
+class Split:
+    """Question indices of the three parts of the calibration file."""
+
+    learn: np.ndarray  # builds each policy's grid and orders it
+    test: np.ndarray  # p-values: the n of the guarantee
+    check: np.ndarray  # measured on only, after the choice
+    unit: str  # what was kept together: "article" (title) or "paragraph" (a file with a single title)
+
+
+def split_questions(examples: Sequence[Example], check_fraction: float = DEFAULT_CHECK_FRACTION,
+                    learn_fraction: float = DEFAULT_LEARN_FRACTION, seed: int = 0) -> Split:
+    """Split by article, seeded: about ``check_fraction`` of the questions to check on, then about
+    ``learn_fraction`` of the rest to learn on, the remaining ones to test on.
+
+    Questions of one article stay together (they share a passage and often an answer, so that a part would
+    otherwise tell about another). A file whose questions all share one title is split by paragraph.
+    """
+    if not 0.0 <= check_fraction < 1.0:
+        raise ValueError(f"--check-fraction must be in [0, 1) (got {check_fraction})")
+    if not 0.0 < learn_fraction < 1.0:
+        raise ValueError(f"--learn-fraction must be in (0, 1) (got {learn_fraction})")
+    unit = "article"
+    keys = [ex.title for ex in examples]
+    if len(set(keys)) < 3:
+        unit, keys = "paragraph", [ex.context for ex in examples]
+    groups: Dict[str, List[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    members = list(groups.values())
+    order = np.random.default_rng(seed).permutation(len(members))
+    n = len(examples)
+    check: List[int] = []
+    learn: List[int] = []
+    test: List[int] = []
+    for g in order.tolist():
+        if len(check) < check_fraction * n:
+            check += members[g]
+        elif len(learn) < learn_fraction * (n - len(check)):
+            learn += members[g]
+        else:
+            test += members[g]
+    if not test or not learn:
+        raise DataError(f"the calibration file has too few {unit}s ({len(members)}) to set {check_fraction:g} aside "
+                        f"to check on and learn on {learn_fraction:g} of the rest; use a larger file, or "
+                        "--check-fraction 0")
+    learn_idx, test_idx, check_idx = (np.array(sorted(part), dtype=np.int64) for part in (learn, test, check))
+    return Split(learn_idx, test_idx, check_idx, unit)
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    """Fixed-sequence testing over one policy's settings."""
+
+    order: np.ndarray  # setting indices in the order tested
+    p_values: np.ndarray  # Hoeffding-Bentkus p-value of each, in that order
+    passed: int  # the first ``passed`` settings of ``order`` are certified
+    chosen: Optional[int]  # setting index: the certified one with the fewest test mean layers (None: none)
+
+
+def certify_sequence(learn_risk: np.ndarray, learn_layers: np.ndarray, test_risk: np.ndarray, test_layers: np.ndarray,
+                     n_test: int, delta: float, epsilon: float) -> SequenceResult:
+    """Learn then Test over the settings of one policy.
+
+    Args:
+        learn_risk, learn_layers: (S,) mean loss (0-1) and mean layers of each setting on the learn part; they
+            set the order (ascending risk, then descending layers: most conservative first).
+        test_risk, test_layers: (S,) the same on the test part, of ``n_test`` questions.
+        delta: the risk level (0-1 loss scale).
+        epsilon: the error level of this sequence.
+    """
+    learn_risk, learn_layers = np.asarray(learn_risk, float), np.asarray(learn_layers, float)
+    test_risk, test_layers = np.asarray(test_risk, float), np.asarray(test_layers, float)
+    order = np.lexsort((-learn_layers, learn_risk))  # last key first: risk ascending, ties deepest first
+    p = np.array([hoeffding_bentkus_pvalue(float(np.clip(test_risk[i], 0.0, 1.0)), n_test, delta) for i in order])
+    passed = fixed_sequence(p.tolist(), epsilon)
+    chosen = None
+    if passed:
+        chosen = int(min(order[:passed].tolist(), key=lambda i: (test_layers[i], test_risk[i])))
+    return SequenceResult(order, p, passed, chosen)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A setting measured on the check part (questions the calibration did not see)."""
+
+    questions: int
+    risk_points: float  # realised mean loss, x100 (same scale as delta)
+    within_delta: bool
+    mean_layers: float
+    f1: Optional[float]  # official F1 there, percent (None: unlabelled questions)
+    full_depth_f1: Optional[float]
+
+
+@dataclass(frozen=True)
+class PolicyCertificate:
+    """What Learn then Test certified for one policy."""
+
+    policy: str
+    settings: int  # grid size
+    passed: int  # settings certified along the sequence before its first failure
+    spec: Optional[str]  # the certified setting with the fewest mean layers; None: no setting certified
+    mean_layers: Optional[float]  # on the test part
+    risk_points: Optional[float]  # empirical mean loss on the test part, x100
+    p_value: Optional[float]
+    f1: Optional[float]  # official F1 on the test part, percent (None: unlabelled)
+    first_failure: Optional[str]  # the setting the sequence stopped at (None: every setting passed)
+    first_failure_p: Optional[float]
+    check: Optional[CheckResult]  # None without a check part or without a certified setting
+
+
+@dataclass(frozen=True)
+class LttReport:
+    risk: str  # "f1" or "consistency"
+    delta_points: float  # certified: mean loss <= delta_points / 100 with probability >= 1 - epsilon
+    epsilon: float
+    epsilon_per_policy: float  # epsilon / number of policies (Bonferroni)
+    n: int  # test-part questions the p-values are computed on
+    questions: int  # in the file
+    learn_questions: int
+    check_questions: int
+    split_unit: str
+    seed: int
+    num_layers: int
+    full_depth_f1: Optional[float]  # test part, percent (None: unlabelled)
+    policies: Dict[str, PolicyCertificate]
+    default: str  # the spec the runtime uses when none is given ("none": full depth)
+    grid_points: int
+    record_s: float  # running the model once over the file
+    search_s: float  # simulating and testing every setting
+
+    @property
+    def default_check(self) -> Optional[CheckResult]:
+        for cert in self.policies.values():
+            if cert.spec == self.default:
+                return cert.check
+        return None
+
+    def manifest_entry(self, data_name: str) -> Dict[str, object]:
+        """The bundle manifest's ``exit_thresholds`` value; ``default`` is a plain policy spec."""
+        check = self.default_check
+        return {"default": self.default, "method": "learn-then-test (fixed sequence, Hoeffding-Bentkus)",
+                "risk": self.risk, "delta_points": self.delta_points, "epsilon": self.epsilon, "n": self.n,
+                "check": None if check is None else asdict(check), "data": data_name, "questions": self.questions,
+                "learn_questions": self.learn_questions, "check_questions": self.check_questions,
+                "split_unit": self.split_unit, "seed": self.seed, "full_depth_f1": self.full_depth_f1,
+                "policies": {k: asdict(v) for k, v in self.policies.items()}}
+
+
+def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional[str] = None,
+                   num_layers: Optional[int] = None) -> str:
+    """The policy spec to run when none is given: the certified setting of policy ``default`` if named, else
+    the certified setting with the fewest mean layers, else ``"none"`` (full depth, always within any delta).
+    Where the fewest is still every one of ``num_layers`` layers, ``"none"`` too: it reaches the same answers
+    without running the exit heads on the way.
+
+    Raises:
+        ValueError: ``default`` names a policy that was not calibrated or certified nothing.
+    """
+    certified = {k: c for k, c in certificates.items() if c.spec is not None}
+    if default is not None:
+        if default not in certified:
+            raise ValueError(f"--default {default!r}: that policy has no certified setting "
+                             f"(certified: {', '.join(certified) or 'none'})")
+        return str(certified[default].spec)
+    if not certified:
+        return "none"
+    best = min(certified.values(), key=lambda c: (c.mean_layers, c.risk_points))
+    if num_layers is not None and best.mean_layers >= num_layers:
+        return "none"
+    return str(best.spec)
+
+
+def _losses(recorded: Recorded, window_layers: np.ndarray, risk: str, full_gold_f1: np.ndarray) -> np.ndarray:
+    """(N,) per-question loss in [0, 1] of a setting whose windows exit at ``window_layers``."""
+    gold_f1, full_f1 = recorded.outcomes(window_layers)
+    if risk == "f1":
+        return np.maximum(0.0, full_gold_f1 - gold_f1)
+    return 1.0 - full_f1
+
+
+def certify(recorded: Recorded, split: Split, risk: str, delta_points: float, epsilon: float,
+            policies: Sequence[str] = CALIBRATED_POLICIES) -> Tuple[Dict[str, PolicyCertificate], int, Optional[float]]:
+    """Learn then Test for each policy on a recorded calibration set.
+
+    Returns:
+        (certificate per policy, settings simulated, full-depth F1 on the test part or None).
+    """
+    _validate(risk, delta_points, epsilon, policies)
+    delta = delta_points / 100.0
+    eps_each = epsilon / len(policies)
+    labelled = np.array([_labelled(q.example) for q in recorded.questions])
+    _check_labels(risk, labelled)
+    full_layers = np.full(recorded.num_windows, recorded.num_layers, dtype=np.int64)
+    full_gold_f1, _ = recorded.outcomes(full_layers)
+
+    def f1_of(gold_f1: np.ndarray, idx: np.ndarray) -> Optional[float]:
+        return float(100.0 * gold_f1[idx].mean()) if idx.size and labelled[idx].all() else None
+
+    out: Dict[str, PolicyCertificate] = {}
+    points = 0
+    for name in policies:
+        settings: List[ExitPolicy] = recorded.grid(name, questions=split.learn)
+        points += len(settings)
+        stats = np.empty((len(settings), 4))  # learn risk, learn layers, test risk, test layers
+        for s, policy in enumerate(settings):
+            wl, _ = recorded.exit_layers(policy)
+            loss = _losses(recorded, wl, risk, full_gold_f1)
+            layers = recorded.question_layers(wl)
+            stats[s] = (loss[split.learn].mean(), layers[split.learn].mean(), loss[split.test].mean(),
+                        layers[split.test].mean())
+        seq = certify_sequence(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], split.test.size, delta, eps_each)
+        failure = None if seq.passed == len(settings) else int(seq.order[seq.passed])
+        fail_spec = None if failure is None else settings[failure].spec
+        fail_p = None if failure is None else float(seq.p_values[seq.passed])
+        if seq.chosen is None:
+            out[name] = PolicyCertificate(name, len(settings), 0, None, None, None, None, None, fail_spec, fail_p, None)
+            if fail_spec is None:
+                logger.warning("%s: no setting to test (a %d-layer model)", name, recorded.num_layers)
+            else:
+                logger.warning("%s: no setting certified (the sequence stopped at %s, p = %.3g > %.3g)",
+                               name, fail_spec, fail_p, eps_each)
+            continue
+        c = seq.chosen
+        chosen = settings[c]
+        wl, _ = recorded.exit_layers(chosen)
+        gold_f1, _ = recorded.outcomes(wl)
+        check = None
+        if split.check.size:
+            loss = _losses(recorded, wl, risk, full_gold_f1)[split.check]
+            check_risk = float(100.0 * loss.mean())
+            check = CheckResult(int(split.check.size), check_risk, check_risk <= delta_points,
+                                float(recorded.question_layers(wl)[split.check].mean()),
+                                f1_of(gold_f1, split.check), f1_of(full_gold_f1, split.check))
+        p_chosen = float(seq.p_values[int(np.flatnonzero(seq.order == c)[0])])
+        out[name] = PolicyCertificate(name, len(settings), seq.passed, chosen.spec, float(stats[c, 3]),
+                                      float(100.0 * stats[c, 2]), p_chosen, f1_of(gold_f1, split.test),
+                                      fail_spec, fail_p, check)
+        logger.info("%s: %s certified (%d of %d settings passed), mean layers %.2f, risk %.3f points, p = %.3g",
+                    name, chosen.spec, seq.passed, len(settings), stats[c, 3], 100.0 * stats[c, 2], p_chosen)
+    return out, points, f1_of(full_gold_f1, split.test)
+
+
+def _labelled(ex: Example) -> bool:
+    return ex.is_impossible or bool(ex.answers)
+
+
+def _check_labels(risk: str, labelled: np.ndarray) -> None:
+    if risk == "f1" and not labelled.all():
+        raise DataError(f"{int((~labelled).sum())} of {labelled.size} calibration questions have no answers and are "
+                        "not marked impossible: the f1 risk needs labels; use --risk consistency")
+
+
+def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence[str]) -> None:
+    if risk not in RISKS:
+        raise ValueError(f"--risk must be one of {', '.join(RISKS)} (got {risk!r})")
+    if not (0.0 < delta_points < 100.0) or math.isnan(delta_points):
+        raise ValueError(f"--delta must be in (0, 100) F1 points (got {delta_points})")
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"--epsilon must be in (0, 1) (got {epsilon})")
+    if not policies:
+        raise ValueError("no policy to calibrate")
+    for name in policies:
+        if name not in CALIBRATED_POLICIES:
+            raise ValueError(f"cannot calibrate policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}")
+
+
+def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: float, epsilon: float = DEFAULT_EPSILON,
+              policies: Sequence[str] = CALIBRATED_POLICIES, default: Optional[str] = None,
+              check_fraction: float = DEFAULT_CHECK_FRACTION, learn_fraction: float = DEFAULT_LEARN_FRACTION,
+              seed: int = 0, batch_size: int = 32) -> LttReport:
+    """Record the calibration set once, then certify every policy's grid offline.
+
+    Args:
+        runtime: an ``elma.runtime.engine.Runtime`` (any backend).
+        examples: calibration questions (from training material, never dev); labelled for ``risk="f1"``.
+        risk: ``"f1"`` (mean F1 drop against full depth) or ``"consistency"`` (mean disagreement with the
+            full-depth answer, label-free).
+        delta_points: the risk level in F1 points (0-100).
+        epsilon: the guarantee holds with probability at least 1 - epsilon.
+        policies: names to calibrate (``CALIBRATED_POLICIES``).
+        default: the policy whose certified setting the runtime uses by default; None: the fastest certified.
+        check_fraction, learn_fraction, seed: the split (``split_questions``).
+    """
+    _validate(risk, delta_points, epsilon, policies)
+    _check_labels(risk, np.array([_labelled(ex) for ex in examples], dtype=bool))
+    split = split_questions(examples, check_fraction, learn_fraction, seed)
+    t0 = time.perf_counter()
+    recorded = record(runtime, examples, batch_size)
+    t1 = time.perf_counter()
+    certs, points, full_f1 = certify(recorded, split, risk, delta_points, epsilon, policies)
+    default_spec = choose_default(certs, default, recorded.num_layers)
+    t2 = time.perf_counter()
+    return LttReport(risk, float(delta_points), float(epsilon), epsilon / len(policies), int(split.test.size),
+                     len(examples), int(split.learn.size), int(split.check.size), split.unit, seed,
+                     recorded.num_layers, full_f1, certs, default_spec, points, t1 - t0, t2 - t1)
+
+
+def check_calibration_target(bundle_root, overwrite: bool) -> None:
+    """Refuse (exit 2), before calibrating, to replace a calibration the bundle already holds unless ``overwrite``."""
+    from pathlib import Path
+
+    from elma.fsutil import refuse_unless_overwrite
+    from elma.runtime.bundle import MANIFEST_NAME, read_manifest
+
+    if read_manifest(bundle_root).get("exit_thresholds"):
+        refuse_unless_overwrite(f"{Path(bundle_root) / MANIFEST_NAME} (a calibration, exit_thresholds)", "bundle",
+                                overwrite, hint="add --dry-run to only report")
+
+
+def write_calibration(bundle_root, report: LttReport, data_name: str) -> None:
+    """Store the certified default and the per-policy certificates in the bundle manifest, atomically."""
+    from elma.runtime.bundle import update_manifest
+
+    update_manifest(bundle_root, {"exit_thresholds": report.manifest_entry(data_name)})
