@@ -211,7 +211,7 @@ def test_key_rotation_reaches_the_device_along_the_signed_chain(s, capsys):
 
 
 def test_a_full_disk_during_download_leaves_the_model_untouched(s, capsys):
-    from test_client import FullDisk
+    from test_release_client import FullDisk
 
     assert s.run(capsys)[0] == 0
     pub.publish(s.repo, s.bundle, s.keys.release)
