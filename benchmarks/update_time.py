@@ -80,7 +80,7 @@ def measure(bundle: Path, repeat: int) -> UpdateTiming:
                 marks: List[tuple] = []
                 began = time.perf_counter()
                 result = update(UpdateConfig(server.url, TOKEN, str(models)),
-                                on_step=lambda name: marks.append((name, time.perf_counter())))
+                                on_step=lambda name, marks=marks: marks.append((name, time.perf_counter())))
                 end = time.perf_counter()
                 assert result.status == "installed", result
                 walls.append(end - began)

@@ -83,6 +83,21 @@ def test_cli_keys_publish_and_refusals(tmp_path, capsys, bundle):
     assert "published release 1" in capsys.readouterr().out
     signed = json.loads((tmp_path / "repo" / "release.json").read_text())["signed"]
     assert signed["scores"]["new_f1"] == 52.5 and signed["scores"]["heldout_file"] == "h.json"
+    rel2 = str(tmp_path / "rel2.key")
+    assert elma_main(["keys", "generate", rel2]) == 0
+    assert elma_main(["publish", "--refresh", "--repo", repo, "--key", rel2]) == 2  # not a release key yet
+    assert elma_main(["keys", "rotate", "--repo", repo, "--root-key", k[0], "--release-key", rel2]) == 0
+    assert elma_main(["publish", "--refresh", "--repo", repo, "--key", rel2]) == 0
+    assert "re-signed release 1" in capsys.readouterr().out and pub.latest_root(tmp_path / "repo").version == 2
+
+
+def test_elma_serve_refuses_a_releases_folder_that_is_not_a_repository(tmp_path, capsys):
+    from elma.offload.server import hash_token
+    from elma.serve_cli import main as serve_main
+
+    (tmp_path / "tokens.txt").write_text(f"d {hash_token('t')}\n")
+    assert serve_main(["--tokens", str(tmp_path / "tokens.txt"), "--releases", str(tmp_path)]) == 2
+    assert "not a release repository" in capsys.readouterr().err
 
 
 def test_server_serves_release_files_to_devices_only(tmp_path, keys, bundle):
