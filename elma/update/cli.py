@@ -151,6 +151,8 @@ def cmd_update(args) -> int:
         print(f"installed root version {root.version} as the root of trust of {store.root}")
         return 0
     if args.rollback:
+        if not store.root.is_dir():
+            raise UpdateError(f"{store.root}: no such models folder; nothing to roll back")
         with store.lock():
             version = store.rollback()
         print(f"rolled back: release {version} is current in {store.root}")

@@ -94,6 +94,7 @@ def update(config: UpdateConfig, client: Optional[ReleaseClient] = None, now_s: 
     store = ModelStore(Path(config.models_dir))
     from elma.update.publish import RELEASE_FILE, root_file, target_file
 
+    store.trusted_root()  # no root of trust: refused before anything is created
     with store.lock():
         on_step("trust")
         root = load_trusted_root(store.trusted_root(), str(store.root / TRUST_ROOT))
@@ -205,6 +206,8 @@ def _download(store: ModelStore, client: ReleaseClient, release: Release, data: 
     needed = sum(rec["size_bytes"] - _have(staging, name) for name, rec in release.files.items())
     free = shutil.disk_usage(str(staging)).free
     if needed + FREE_SPACE_MARGIN_BYTES > free:
+        if not any(staging.iterdir()):
+            staging.rmdir()
         raise DiskFullError(f"release {release.version} needs {needed / 1e6:.1f} MB more, {free / 1e6:.1f} MB are free "
                             f"in {store.root}")
     for name in sorted(release.files):

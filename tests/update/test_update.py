@@ -240,6 +240,7 @@ def test_a_really_full_disk_tmpfs_says_so(s, capsys):
         rc, _, err = s.run(capsys)
         one_line_exit_3(rc, err, "MB are free")
         assert snapshot(s.models) == before and "release 1 stays installed" in err
+        assert not (s.models / "staging" / "2").exists()
     finally:
         time.sleep(0.1)
         subprocess.run(["umount", str(mnt)])
@@ -250,7 +251,9 @@ def test_update_needs_a_root_of_trust_and_the_cli_reports_usage(tmp_path, s, cap
     capsys.readouterr()
     rc = elma_main(["update", "--server", s.server.url, "--token-file", str(tmp_path / "t.token"),
                     "--models-dir", str(tmp_path / "fresh")])
-    assert rc == 3 and "no root of trust" in capsys.readouterr().err
+    assert rc == 3 and "no root of trust" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+    assert elma_main(["update", "--rollback", "--models-dir", str(tmp_path / "fresh")]) == 3
+    assert not (tmp_path / "fresh").exists()
     assert elma_main(["update", "--models-dir", str(tmp_path / "fresh")]) == 2
     root1 = str(s.repo / "root/1.root.json")
     assert elma_main(["update", "--trust-root", root1, "--models-dir", str(tmp_path / "fresh")]) == 0

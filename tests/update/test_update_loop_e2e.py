@@ -26,7 +26,6 @@ from elma.update.store import ModelStore  # noqa: E402
 UNSOLVED = "maxprob:1"  # a tiny random model is never 100% sure: every question is offloaded
 
 
-@pytest.mark.slow
 def test_records_become_a_better_model_that_reaches_the_device(tiny_bundles, tmp_path, capsys):
     model, bundle = tiny_bundles.model("bert"), tiny_bundles.bundle("bert")
     keys = Keys(tmp_path)
