@@ -210,8 +210,10 @@ def test_key_rotation_reaches_the_device_along_the_signed_chain(s, capsys):
     one_line_exit_3(rc, err, "unknown key")
 
 
-def test_a_full_disk_during_download_leaves_the_model_untouched(s, capsys):
+def test_a_full_disk_during_download_leaves_the_model_untouched(s, capsys, monkeypatch):
     from test_release_client import FullDisk
+
+    import elma.update.updater as updater
 
     assert s.run(capsys)[0] == 0
     pub.publish(s.repo, s.bundle, s.keys.release)
@@ -220,6 +222,11 @@ def test_a_full_disk_during_download_leaves_the_model_untouched(s, capsys):
     with pytest.raises(DiskFullError, match="no space left"):
         update(UpdateConfig(s.server.url, TOKEN, str(s.models)), client=client)
     assert snapshot(s.models) == before and current_version(s.models) == 1
+    monkeypatch.setattr(updater, "ReleaseClient", lambda *a: ReleaseClient(*a, open_file=FullDisk(100_000)))
+    rc, _, err = s.run(capsys)  # the command line says so
+    one_line_exit_3(rc, err, "no space left on the device")
+    assert "release 1 stays installed (unchanged)" in err and snapshot(s.models) == before
+    monkeypatch.undo()
     r = update(UpdateConfig(s.server.url, TOKEN, str(s.models)))  # space freed: resumes and completes
     assert r.status == "installed" and r.version == 2
 
