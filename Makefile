@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Modules that must run on the device's Python 3.8 (JetPack 5).
 DEVICE_SIDE := elma/__init__.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
                elma/data/squad.py elma/data/features.py elma/metrics elma/runtime elma/power elma/bench \
-               elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/doctor
+               elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/doctor elma/update
 
 .PHONY: setup demo test lint slow clean
 

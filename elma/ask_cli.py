@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--context-file", metavar="FILE", help="file holding the passage ('-' for standard input)")
     p.add_argument("-i", "--interactive", action="store_true", help="ask many questions about one passage")
     p.add_argument("--model", metavar="PATH", help="bundle folder (or an ELMA model folder, run with the torch backend); "
-                   "default: $ELMA_MODEL, else a bundle under models/, else the shipped reference model")
+                   "default: $ELMA_MODEL, else MODELS_DIR/current (elma update), else a bundle under models/, else the "
+                   "shipped reference model")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--policy", metavar="SPEC", help="exit policy, e.g. entropy:0.4,0.4, maxprob:0.9, patience:2, "
                    "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none); "
@@ -69,11 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def find_default_model() -> Path:
-    """$ELMA_MODEL, else the first bundle under ``models/``, else the reference model folder."""
-    from elma.paths import REPO_ROOT, default_model_dir
+    """$ELMA_MODEL, else ``MODELS_DIR/current`` (elma update), else the first bundle under ``models/``, else the
+    reference model folder."""
+    from elma.paths import REPO_ROOT, default_model_dir, installed_model
 
     if os.environ.get("ELMA_MODEL"):
         return Path(os.environ["ELMA_MODEL"])
+    if installed_model() is not None:
+        return installed_model()
     models = REPO_ROOT / "models"
     if models.is_dir():
         bundles = sorted(p for p in models.iterdir() if (p / "manifest.json").is_file())
@@ -188,8 +192,32 @@ def open_offload(args):
     return OffloadClient(config, RecordQueue(Path(args.queue) if args.queue else default_queue_path()))
 
 
-def interactive(rt, context: str, args, stdin, out, offload=None) -> None:
-    """Read questions until EOF or an empty line; bad questions are reported and skipped."""
+class FollowCurrent:
+    """The runtime of ``MODELS_DIR/current``, reopened between questions when ``elma update`` moved the symlink to
+    another release (a release that fails to open leaves the old runtime in use)."""
+
+    def __init__(self, link: Path, opener, rt):
+        self.link, self.opener, self.rt = link, opener, rt
+        self.target = os.path.realpath(link)
+
+    def get(self):
+        target = os.path.realpath(self.link)
+        if target != self.target:
+            try:
+                new = self.opener(self.link)
+            except (ElmaError, ValueError, OSError) as err:
+                logging.getLogger(PROG).warning("new release %s does not open (%s); keeping %s", target, err, self.target)
+                self.target = target
+                return self.rt
+            logging.getLogger(PROG).info("model updated: %s -> %s", self.target, target)
+            self.rt.close()
+            self.rt, self.target = new, target
+        return self.rt
+
+
+def interactive(rt, context: str, args, stdin, out, offload=None, follow: Optional[FollowCurrent] = None) -> None:
+    """Read questions until EOF or an empty line; bad questions are reported and skipped. With ``follow``, each
+    question goes to the release current at the time it is asked."""
     if stdin.isatty():
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -208,6 +236,8 @@ def interactive(rt, context: str, args, stdin, out, offload=None) -> None:
             if stdin.isatty():
                 continue
             break
+        if follow is not None:
+            rt = follow.get()
         try:
             _ask(rt, question, context, args, out, offload)
         except UsageError as err:
@@ -255,6 +285,9 @@ def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) 
         raise UsageError(str(err)) from err
     except ImportError as err:
         raise ElmaError(f"the {backend or 'onnxruntime'} backend cannot be imported here: {err}") from err
+    follow = None
+    if want_interactive and args.model is None and model == _installed():
+        follow = FollowCurrent(model, lambda path: Runtime.open(path, backend=backend, policy=args.policy), rt)
     with rt:
         if args.max_layer is not None and not 1 <= args.max_layer <= rt.num_layers:
             raise UsageError(f"--max-layer must be in 1..{rt.num_layers} (got {args.max_layer})")
@@ -265,13 +298,21 @@ def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) 
 
                 uploader = BackgroundUploader(offload).start()
             try:
-                interactive(rt, context, args, stdin, out, offload)
+                interactive(rt, context, args, stdin, out, offload, follow)
             finally:
                 if uploader is not None:
                     uploader.stop()
+                if follow is not None and follow.rt is not rt:
+                    follow.rt.close()
         else:
             _ask(rt, args.question, context, args, out, offload)
     return EXIT_OK
+
+
+def _installed() -> Optional[Path]:
+    from elma.paths import installed_model
+
+    return installed_model()
 
 
 def main(argv: Optional[List[str]] = None, stdin=None, stdout=None) -> int:

@@ -1,5 +1,5 @@
 """The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power, sync,
-finetune.
+finetune, keys, publish, update.
 
 Library code logs and returns; only this module prints. Every error ends as one
 line on stderr, never a traceback, with the exit codes of the other console
@@ -535,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
                 _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
+        add(sub)
+    from elma.update.cli import add_keys, add_publish, add_update  # signed model updates (docs/updates.md)
+
+    for add in (add_keys, add_publish, add_update):
         add(sub)
     return parser
 

@@ -69,3 +69,10 @@ class OffloadRejected(OffloadError):
 
 class QueueError(OffloadError):
     """The device's error-record queue (SQLite) cannot be opened or written."""
+
+
+class UpdateError(ElmaError):
+    """A model update cannot be used: bad signature or hashes, an older or expired release, another backbone, an
+    unknown key, a failed health check, a server that cannot be reached, or no room on the disk (exit code 3).
+
+    The installed model is never touched when this is raised."""

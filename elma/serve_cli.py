@@ -2,6 +2,7 @@
 
     elma-serve --tokens tokens.txt --add-device jetson-01        # prints the new device's token once
     elma-serve --model BUNDLE --host 127.0.0.1 --port 8000 --db sqlite:///records.sqlite3 --tokens tokens.txt
+    elma-serve ... --releases REPO     # also serve signed model releases (elma publish) to `elma update`
 
 Exit codes: 0 done (uvicorn stops gracefully on Ctrl-C or SIGTERM, then re-raises the signal), 2 usage or
 setup error (one line on stderr). Needs the ``serve`` extra.
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLAlchemy URL of the record store, e.g. postgresql+psycopg://elma@127.0.0.1/elma")
     p.add_argument("--tokens", dest="tokens_file", required=True, help="device tokens file: lines 'DEVICE_ID sha256:HEX'")
     p.add_argument("--add-device", metavar="ID", help="add a device to --tokens, print its token, and exit")
+    p.add_argument("--releases", dest="releases_dir", metavar="DIR", help="serve this release repository (elma publish) "
+                   "to the devices under /v1/releases/ (elma update)")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 2200000)")
     p.add_argument("--rate-per-s", type=float, help="requests per second per device (default 20)")
     p.add_argument("--burst", type=int, help="requests a device may send at once (default 40)")
@@ -56,6 +59,8 @@ def run(args) -> int:
     except ValueError as err:
         raise ElmaError(str(err)) from err
     tokens = load_tokens(Path(config.tokens_file))
+    if config.releases_dir is not None and not (Path(config.releases_dir) / "root").is_dir():
+        raise ElmaError(f"--releases {config.releases_dir}: not a release repository (create it with `elma keys init`)")
     try:
         import uvicorn
 

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Benchmark an early-exit QA model on a SQuAD 2.0 file: official "
                                 "metrics, exit histogram, latency, memory, baselines, policy sweep and roofline.",
                                 epilog="Exit codes: 0 done, 2 usage or input error (no report written), 3 model error.")
-    p.add_argument("model", metavar="MODEL_OR_BUNDLE", help="bundle folder, or an ELMA model folder (torch backend)")
+    p.add_argument("model", metavar="MODEL_OR_BUNDLE", nargs="?", help="bundle folder, or an ELMA model folder (torch "
+                   "backend); default: as elma-ask (MODELS_DIR/current when elma update installed one)")
     p.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD 1.1/2.0 JSON with gold answers")
     p.add_argument("--policy", metavar="SPEC", help="exit policy (entropy:0.4,0.4, maxprob:0.9, patience:2, "
                    "similarity:bikl,0.05,2, static:3, none); default: the bundle's calibrated policy, else none")
@@ -85,6 +86,10 @@ def check_bench_outputs(args) -> None:
 def _config(args):
     from elma.bench.runner import BenchConfig
 
+    if args.model is None:
+        from elma.ask_cli import find_default_model
+
+        args.model = str(find_default_model())
     check_model_and_policy(args.model, args.policy)
     check_bench_outputs(args)
     if args.torch_model is not None and not Path(args.torch_model, "config.json").is_file():

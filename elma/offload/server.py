@@ -9,8 +9,10 @@ Endpoints (JSON in and out; errors are ``{"error": {"code": ..., "message": ...}
 - ``POST /v1/records`` ``{"records": [ErrorRecord, ...]}`` -> ``{"record_ids": [...], "stored_new": n}``.
   Idempotent by ``record_id``: a record sent twice is stored once.
 - ``GET /v1/health`` -> ``{"status": "ok", "model": ..., "num_layers": ...}`` (no token needed).
+- ``GET /v1/releases/PATH`` (with ``--releases DIR``): a file of the signed release repository (``elma publish``), as
+  static files with Range requests (resumable downloads); 404 for anything else.
 
-Every POST needs ``Authorization: Bearer TOKEN``; the tokens file holds only each token's sha256 (see
+Every POST (and every release download) needs ``Authorization: Bearer TOKEN``; the tokens file holds only each token's sha256 (see
 ``load_tokens``). Checks, in order, each refusing before anything is stored: token (401), per-device rate
 limit (429 with Retry-After), body size (413), JSON syntax (400), fields (422).
 
@@ -54,6 +56,7 @@ class ServeConfig:
     max_body_bytes: int = 2_200_000  # largest request body; a 1 MB passage (the device's limit) as JSON fits
     rate_per_s: float = 20.0  # sustained requests per second per device (token bucket refill)
     burst: int = 40  # requests a device may send at once (bucket size)
+    releases_dir: Optional[str] = None  # release repository (elma publish) served under /v1/releases/; None: not served
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -289,7 +292,7 @@ def create_app(config: ServeConfig, answerer: Callable[[str, str], Dict[str, Any
                tokens: Dict[str, str], clock: Callable[[], float] = time.monotonic):
     """The FastAPI app. ``answerer(question, context) -> dict`` (``RuntimeAnswerer``), ``tokens`` from ``load_tokens``."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
     from starlette.concurrency import run_in_threadpool
 
@@ -390,6 +393,17 @@ def create_app(config: ServeConfig, answerer: Callable[[str, str], Dict[str, Any
         logger.debug("answered device %s (record %s)", device, req.record_id)
         return reply
 
+    if config.releases_dir is not None:
+        releases_root = Path(config.releases_dir).resolve()
+
+        @app.get("/v1/releases/{path:path}")
+        async def releases(request: Request, path: str):
+            device_of(request)
+            target = release_file(releases_root, path)
+            if target is None:
+                raise ApiError(404, "not_found", f"no release file {path!r}")
+            return FileResponse(target)  # Range requests: 206 with Content-Range (resumable downloads)
+
     @app.post("/v1/records")
     async def records(request: Request):
         device = device_of(request)
@@ -403,6 +417,22 @@ def create_app(config: ServeConfig, answerer: Callable[[str, str], Dict[str, Any
         return {"record_ids": list(dict.fromkeys(r["record_id"] for r in rows)), "stored_new": stored_new}
 
     return app
+
+
+_RELEASE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def release_file(root: Path, path: str) -> Optional[Path]:
+    """The file ``path`` names under the release repository ``root``, or None (hidden, escaping or missing)."""
+    parts = path.split("/")
+    if not parts or len(parts) > 4 or not all(_RELEASE_PART.match(p) for p in parts):
+        return None
+    target = root.joinpath(*parts)
+    try:
+        target.resolve().relative_to(root)
+    except ValueError:  # a symlink out of the repository
+        return None
+    return target if target.is_file() else None
 
 
 class BackgroundServer:
