@@ -108,10 +108,10 @@ def test_baselines_static_at_every_layer_and_full_depth_agree(full_run):
     by_name = {b["name"]: b for b in report["baselines"]}
     L = report["num_layers"]
     for k in range(1, L + 1):
-        assert by_name[f"static:{k}"]["mean_exit_layer"] == k and by_name[f"static:{k}"]["latency_source"] == "derived"
+        assert by_name[f"static:{k}"]["mean_exit_layer"] == k and by_name[f"static:{k}"]["latency_source"] == "simulated"
     full = by_name["per-layer chain, full depth"]["metrics"]
-    for name in ("fused ONNX graph, full depth", "PyTorch eager, full depth (last exit)", f"static:{L}"):
-        assert by_name[name]["latency_source"] == ("derived" if name.startswith("static") else "measured")
+    for name in ("fused graph fp32", "PyTorch eager, full depth (last exit)", f"static:{L}"):
+        assert by_name[name]["latency_source"] == ("simulated" if name.startswith("static") else "measured")
         assert by_name[name]["metrics"]["f1"] == pytest.approx(full["f1"]), name
         assert by_name[name]["mean_exit_layer"] == L
 
@@ -148,7 +148,7 @@ def test_roofline_rows(full_run):
     roof = full_run[2]["roofline"]
     assert roof["peak"]["gflops_per_s"] > 0 and roof["ffn_size_source"] == "config.json"
     names = [r["name"] for r in roof["rows"]]
-    assert names[0].startswith("policy ") and "fused ONNX graph, full depth" in names
+    assert names[0].startswith("policy ") and "fused graph fp32" in names
     for r in roof["rows"]:
         assert r["latency_bound_ms"] > 0 and r["distance_x"] == pytest.approx(r["mean_latency_ms"] / r["latency_bound_ms"])
 
@@ -243,9 +243,10 @@ def test_model_folder_runs_on_torch_with_its_eager_baseline(tiny_bundles, data, 
                  "--no-progress", "--report-dir", str(tmp_path / "r")]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["model_kind"] == "model" and report["backend"].startswith("torch")
-    kinds = {b["kind"] for b in report["baselines"]}
-    assert "torch-eager" in kinds and "fused" not in kinds
-    assert any("not a bundle" in n for n in report["notes"])
+    by_kind = {b["kind"]: b for b in report["baselines"]}
+    assert {"torch-eager", "fused", "chain"} <= set(by_kind)
+    assert by_kind["fused"]["name"] == "fused graph torch", "a model folder's fused row is torch's full forward"
+    assert by_kind["fused"]["metrics"]["f1"] == pytest.approx(by_kind["chain"]["metrics"]["f1"])
 
 
 class ConstantMeter:
