@@ -84,3 +84,22 @@ def test_fused_row_on_a_backend_without_run_fused_is_dropped_with_its_name(tiny_
 def test_no_configuration_is_refused():
     with pytest.raises(ValueError):
         run_interleaved([], EXAMPLES)
+
+
+def test_bench_modules_import_without_torch_onnxruntime_or_matplotlib():
+    """The device side (Makefile DEVICE_SIDE holds elma/bench) imports no heavy module at load time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\n"
+            "for name in ('torch', 'transformers', 'onnxruntime', 'tensorrt', 'matplotlib', 'tqdm'):\n"
+            "    sys.modules[name] = None\n"
+            "import elma.bench, elma.bench.runner, elma.bench.configs, elma.bench.schedule, elma.bench.sweep\n"
+            "import elma.bench.power, elma.bench.bootstrap, elma.bench.results, elma.bench.report, elma.bench.cli\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

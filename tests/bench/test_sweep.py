@@ -4,7 +4,6 @@ per question is a few hundred bytes, whatever the window length."""
 
 import numpy as np
 import pytest
-
 from conftest import PASSAGES
 
 from elma.bench import sweep as sw
