@@ -71,6 +71,10 @@ class Configuration:
         """FLOPs of the question at its exit layers (untimed; 0 when unknown)."""
         return 0.0
 
+    def window_tokens(self, ex: Example) -> List[int]:
+        """Tokens of each window the question is cut into (untimed; [] when unknown)."""
+        return []
+
     def close(self) -> None:
         """Free what the configuration opened itself (idempotent)."""
 
@@ -85,17 +89,22 @@ class EveryExitFullDepth(NoExitPolicy):
         return True
 
 
-class _RuntimeFlops:
-    """FLOPs of a question on a runtime's model, from its window lengths (tokenised once, outside any timing)."""
+class RuntimeFlops:
+    """FLOPs of a question on a runtime's model, from its window lengths (tokenised once, outside any timing;
+    one per runtime, shared by the configurations that run on it)."""
 
     def __init__(self, rt, dims: ModelDims):
         self.rt, self.dims = rt, dims
         self._lengths: Dict[str, List[int]] = {}
 
-    def __call__(self, ex: Example, window_layers: Sequence[int]) -> float:
+    def lengths(self, ex: Example) -> List[int]:
+        """Tokens of each of the question's windows (cached: a few ints per question)."""
         if ex.qid not in self._lengths:
             self._lengths[ex.qid] = [len(w) for w in self.rt.windows([(ex.question, ex.context)])]
-        lengths = self._lengths[ex.qid]
+        return self._lengths[ex.qid]
+
+    def __call__(self, ex: Example, window_layers: Sequence[int]) -> float:
+        lengths = self.lengths(ex)
         layers = tuple(window_layers) if len(window_layers) == len(lengths) else (max(window_layers),) * len(lengths)
         return question_flops(lengths, layers, self.dims.hidden_size, self.dims.ffn_size)
 
@@ -103,11 +112,10 @@ class _RuntimeFlops:
 class PolicyConfig(Configuration):
     """``Runtime.ask`` with one policy."""
 
-    def __init__(self, rt, policy, name: str, kind: str, dims: Optional[ModelDims] = None, owns_runtime: bool = False):
+    def __init__(self, rt, policy, name: str, kind: str, flops: Optional[RuntimeFlops] = None):
         self.rt, self.policy, self.name, self.kind = rt, rt.resolve_policy(policy), name, kind
         self.num_layers = rt.num_layers
-        self._flops = _RuntimeFlops(rt, dims) if dims else None
-        self._owns = owns_runtime
+        self._flops = flops
 
     def answer(self, ex: Example) -> Outcome:
         a = self.rt.ask(ex.question, ex.context, policy=self.policy)
@@ -117,9 +125,8 @@ class PolicyConfig(Configuration):
     def flops(self, ex: Example, outcome: Outcome) -> float:
         return self._flops(ex, outcome.window_layers) if self._flops else 0.0
 
-    def close(self) -> None:
-        if self._owns:
-            self.rt.close()
+    def window_tokens(self, ex: Example) -> List[int]:
+        return self._flops.lengths(ex) if self._flops else []
 
 
 def batch_windows(windows, pad_id: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,11 +154,10 @@ class FusedConfig(Configuration):
 
     kind = "fused"
 
-    def __init__(self, rt, name: str, kind: str = "fused", dims: Optional[ModelDims] = None, owns_runtime: bool = False):
+    def __init__(self, rt, name: str, kind: str = "fused", flops: Optional[RuntimeFlops] = None):
         self.rt, self.name, self.kind = rt, name, kind
         self.num_layers = rt.num_layers
-        self._flops = _RuntimeFlops(rt, dims) if dims else None
-        self._owns = owns_runtime
+        self._flops = flops
 
     def answer(self, ex: Example) -> Outcome:
         windows = self.rt.windows([(ex.question, ex.context)])
@@ -162,10 +168,6 @@ class FusedConfig(Configuration):
     def flops(self, ex: Example, outcome: Outcome) -> float:
         return self._flops(ex, outcome.window_layers) if self._flops else 0.0
 
-    def close(self) -> None:
-        if self._owns:
-            self.rt.close()
-
 
 class TorchEagerConfig(Configuration):
     """``MultiExitQA`` of an ELMA model folder in PyTorch eager, its last exit's logits."""
@@ -173,7 +175,7 @@ class TorchEagerConfig(Configuration):
     kind = "torch-eager"
     name = "PyTorch eager, full depth (last exit)"
 
-    def __init__(self, model_dir, rt, dims: Optional[ModelDims] = None):
+    def __init__(self, model_dir, rt, flops: Optional[RuntimeFlops] = None):
         import torch
 
         from elma.model.multi_exit import MultiExitQA
@@ -183,7 +185,7 @@ class TorchEagerConfig(Configuration):
         if self.model.num_exits != rt.num_layers:
             raise ValueError(f"{model_dir}: {self.model.num_exits} exits, the benchmarked model has {rt.num_layers} layers")
         self.rt, self.num_layers = rt, rt.num_layers
-        self._flops = _RuntimeFlops(rt, dims) if dims else None
+        self._flops = flops
 
     def answer(self, ex: Example) -> Outcome:
         windows = self.rt.windows([(ex.question, ex.context)])

@@ -32,6 +32,7 @@ from elma.bench.configs import (  # noqa: F401  (EveryExitFullDepth: re-exported
     HfQaConfig,
     ModelDims,
     PolicyConfig,
+    RuntimeFlops,
     TorchEagerConfig,
     model_dims,
     precision_label,
@@ -125,29 +126,31 @@ def build_configs(cfg: BenchConfig, rt, dims: ModelDims, backend: Optional[str],
     from elma.runtime.engine import Runtime
 
     policy = rt.policy
-    out: List[Configuration] = [PolicyConfig(rt, policy, f"policy {policy.spec}", "policy", dims)]
+    flops = RuntimeFlops(rt, dims)
+    out: List[Configuration] = [PolicyConfig(rt, policy, f"policy {policy.spec}", "policy", flops)]
     if cfg.baselines:
-        out.append(PolicyConfig(rt, "none", CHAIN, "chain", dims))
-        out.append(FusedConfig(rt, f"fused graph {precision_label(rt)}", "fused", dims))
+        out.append(PolicyConfig(rt, "none", CHAIN, "chain", flops))
+        out.append(FusedConfig(rt, f"fused graph {precision_label(rt)}", "fused", flops))
     if need_every_exit:
-        out.append(PolicyConfig(rt, EveryExitFullDepth(), EVERY_EXIT, "chain-every-exit", dims))
+        out.append(PolicyConfig(rt, EveryExitFullDepth(), EVERY_EXIT, "chain-every-exit", flops))
     if cfg.baselines:
         for path in cfg.compare:
             stage(f"opening --compare {path}")
             other = Runtime.open(path, backend=backend, policy=policy)
             stack.callback(other.close)
             label = f"{precision_label(other)} ({Path(path).name})"
-            out.append(FusedConfig(other, f"fused graph {label}", "compare-fused", model_dims(other, None, None)))
+            other_flops = RuntimeFlops(other, model_dims(other, None, None))
+            out.append(FusedConfig(other, f"fused graph {label}", "compare-fused", other_flops))
             if policy.spec != "none":
                 out.append(PolicyConfig(other, policy, f"policy {policy.spec}, bundle {label}", "compare-policy",
-                                        model_dims(other, None, None)))
-        out += _torch_configs(cfg, rt, dims, notes, stage)
+                                        other_flops))
+        out += _torch_configs(cfg, rt, flops, notes, stage)
     for spec in front_specs:
-        out.append(PolicyConfig(rt, spec, f"front {spec}", "front", dims))
+        out.append(PolicyConfig(rt, spec, f"front {spec}", "front", flops))
     return out
 
 
-def _torch_configs(cfg: BenchConfig, rt, dims: ModelDims, notes: List[str], stage) -> List[Configuration]:
+def _torch_configs(cfg: BenchConfig, rt, flops: RuntimeFlops, notes: List[str], stage) -> List[Configuration]:
     out: List[Configuration] = []
     torch_model = cfg.torch_model or (str(rt.info.path) if rt.info.kind == "model" else None)
     if torch_model is None:
@@ -158,7 +161,7 @@ def _torch_configs(cfg: BenchConfig, rt, dims: ModelDims, notes: List[str], stag
     if torch_model:
         stage("loading the PyTorch eager baseline")
         try:
-            out.append(TorchEagerConfig(torch_model, rt, dims))
+            out.append(TorchEagerConfig(torch_model, rt, flops))
         except ImportError as err:
             notes.append(f"PyTorch eager baseline skipped: {err}")
     else:
@@ -305,8 +308,8 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         peak = max(peak_before, measure_matmul_peak(), key=lambda m: m.gflops_per_s)
         roof_rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak)
                      for c in [result, *baselines] if c.mean_gflops_per_question > 0]
-        lengths = [len(w) for ex in examples[:2000] for w in rt.windows([(ex.question, ex.context)])]
-        roof = Roofline(peak, dims.hidden_size, dims.ffn_size, dims.ffn_source, float(np.mean(lengths)), roof_rows)
+        tokens = [t for ex in examples for t in configs[0].window_tokens(ex)]  # cached by the FLOPs count
+        roof = Roofline(peak, dims.hidden_size, dims.ffn_size, dims.ffn_source, float(np.mean(tokens)), roof_rows)
         rss["end"] = peak_rss_mb()
         n_windows = sum(len(r.window_layers) for r in first[0])
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
