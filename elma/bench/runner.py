@@ -217,88 +217,27 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         dims = model_dims(rt, cfg.torch_model, cfg.ffn_size)
         rss["loaded"] = peak_rss_mb()
 
-        record, settings, front = None, [], []
-        if cfg.baselines or cfg.sweep:
-            from elma.bench import sweep as sw
-
-            stage(f"recording every exit of {len(examples)} questions, one at a time (for the simulated rows)")
-            record = sw.record_exits(rt, examples)
-            rss["recorded"] = peak_rss_mb()
-            if cfg.sweep:
-                settings = sw.simulate_grid(record, on_policy=lambda name: stage(f"sweep: {name}"))
-                front = sw.front_specs(settings) if cfg.measure_front else []
-                rss["simulated"] = peak_rss_mb()
-
+        record, settings, front = _record(cfg, rt, examples, stage, rss)
         configs = build_configs(cfg, rt, dims, backend, record is not None, front, stack, notes, stage)
         for c in configs:
             stack.callback(c.close)
-        from elma.bench.schedule import run_interleaved, warm_up
-
-        stage(f"warm-up: {min(max(1, cfg.warmup), len(examples))} questions through {len(configs)} configurations, untimed")
-        configs, dropped = warm_up(configs, examples, cfg.warmup)
-        notes += [f"{name} not run: {why}" for name, why in dropped]
-        if not configs or configs[0].kind != "policy":
-            raise ValueError(f"the chosen policy cannot run here: {dropped[0][1] if dropped else 'no configuration'}")
-        with power_sampler(cfg.power_source, cfg.power_interval_ms, meter, sampler) as live:
-            windows = RoundWindows(live)
-
-            def on_round(r: int, event: str) -> None:
-                if event == "begin":
-                    stage(f"timed pass {r + 1}/{cfg.repeat}: {policy.spec}, {len(configs)} configuration(s) interleaved "
-                          f"question by question" if len(configs) > 1 else f"timed pass {r + 1}/{cfg.repeat}: {policy.spec}")
-                windows(r, event)
-
-            schedule = run_interleaved(configs, examples, cfg.repeat, windows.clock, cfg.progress, on_round)
-            energy = windows.stats(cfg.power_interval_ms, len(examples) * len(configs))
+        schedule, energy = _time(cfg, configs, examples, stage, policy.spec, notes, meter, sampler)
+        configs = schedule.configs
         rss["timed"] = peak_rss_mb()
 
         first = [[replace(r, flops=float(c.flops(ex, r))) for r, ex in zip(rows, examples)]
                  for c, rows in zip(configs, schedule.results[0])]
         paired = [np.mean([[r.latency_ms for r in rnd[i]] for rnd in schedule.results], axis=0) for i in range(len(configs))]
-        rows = [summarise(c.name, c.kind, "measured", examples, res, c.num_layers, None)
-                for c, res in zip(configs, first)]
-        by_kind = {c.kind: i for i, c in reversed(list(enumerate(configs)))}
-
-        simulated_rows: List[ConfigResult] = []
-        simulated_ms: List[np.ndarray] = []
+        rows = [summarise(c.name, c.kind, "measured", examples, res, c.num_layers, None) for c, res in zip(configs, first)]
+        simulated: List[Tuple[ConfigResult, np.ndarray]] = []
         sweep_points: List[SweepPoint] = []
-        if record is not None and "chain-every-exit" in by_kind:
-            from elma.bench import sweep as sw
-
-            every = first[by_kind["chain-every-exit"]]
-            layer_ms = np.array([r.layer_latency_ms for r in every], dtype=np.float64)  # (Q, L)
-            other_ms = np.array([r.latency_ms for r in every], dtype=np.float64) - layer_ms.sum(axis=1)
-            if cfg.baselines:
-                flops_of = configs[0].flops
-                for k in range(1, L + 1):
-                    sim = sw.simulate(record, sw.StaticPolicy(k))
-                    ms = sw.simulated_latency_ms(sim.exit_layer, other_ms, layer_ms)
-                    res = sw.question_results(record, sim, examples, ms, [0.0] * len(examples))
-                    res = [replace(r, flops=float(flops_of(ex, r))) for r, ex in zip(res, examples)]
-                    simulated_rows.append(summarise(f"static:{k}", "static", "simulated", examples, res, L, None))
-                    simulated_ms.append(ms)
-            if settings:
-                measured = {c.name[len("front "):]: (rows[i].latency.mean_ms, rows[i].metrics["f1"])
-                            for i, c in enumerate(configs) if c.kind == "front"}
-                sweep_points = sw.sweep_points(settings, other_ms, layer_ms, measured)
-            notes.append(f"sweep record: {record.nbytes / 1e6:.2f} MB for {record.questions} questions "
-                         f"({record.nbytes / record.questions:.0f} bytes per question)")
         record_bytes = record.nbytes if record is not None else 0
+        if record is not None:
+            simulated, sweep_points = _simulated(cfg, record, settings, configs, first, rows, examples)
+            notes.append(f"sweep record: {record_bytes / 1e6:.2f} MB for {record.questions} questions "
+                         f"({record_bytes / record.questions:.0f} bytes per question)")
         del record, settings
-
-        reference = "fused" if "fused" in by_kind else ("chain" if "chain" in by_kind else None)
-        references = [k for k in (reference, "chain") if k is not None and k in by_kind]
-        references = list(dict.fromkeys(references))
-        if cfg.baselines and reference != "fused":
-            notes.append(f"no fused graph row: ratios are against the {CHAIN}")
-
-        def with_ratios(row: ConfigResult, ms: np.ndarray) -> ConfigResult:
-            ratios = [ratio_ci(paired[by_kind[k]], ms, configs[by_kind[k]].name, cfg.bootstrap_resamples, cfg.seed)
-                      for k in references]
-            return replace(row, ratios=ratios)
-
-        rows = [with_ratios(row, ms) for row, ms in zip(rows, paired)]
-        simulated_rows = [with_ratios(row, ms) for row, ms in zip(simulated_rows, simulated_ms)]
+        reference, rows, simulated_rows = _with_ratios(cfg, configs, paired, rows, simulated, notes)
         result, baselines = rows[0], rows[1:] + simulated_rows
         policy_rounds = [rnd[0] for rnd in schedule.results]
         means = [float(np.mean([r.latency_ms for r in p])) for p in policy_rounds]
@@ -315,7 +254,95 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
                              len(examples), n_windows, load_ms, rss["timed"], rss["end"], result, repeats,
                              baselines, sweep_points, roof, energy, notes, True,
-                             configs[by_kind[reference]].name if reference else "", rss, record_bytes)
+                             reference, rss, record_bytes)
         policy_first = first[0]
     return BenchRun(report, {r.qid: r.prediction for r in policy_first}, {r.qid: r.na_prob for r in policy_first},
                     policy_first)
+
+
+def _record(cfg: BenchConfig, rt, examples: Sequence[Example], stage, rss: Dict[str, Optional[float]]):
+    """With baselines or a sweep: the compact record of every exit, the simulated sweep settings, and the front
+    settings to time (``--measure-front``). Returns (record or None, settings, front specs)."""
+    if not (cfg.baselines or cfg.sweep):
+        return None, [], []
+    from elma.bench import sweep as sw
+
+    stage(f"recording every exit of {len(examples)} questions, one at a time (for the simulated rows)")
+    record = sw.record_exits(rt, examples)
+    rss["recorded"] = peak_rss_mb()
+    settings, front = [], []
+    if cfg.sweep:
+        settings = sw.simulate_grid(record, on_policy=lambda name: stage(f"sweep: {name}"))
+        front = sw.front_specs(settings) if cfg.measure_front else []
+        rss["simulated"] = peak_rss_mb()
+    return record, settings, front
+
+
+def _time(cfg: BenchConfig, configs: List[Configuration], examples: Sequence[Example], stage, spec: str,
+          notes: List[str], meter, sampler):
+    """Warm up (dropping what cannot run), then time every configuration interleaved under the power hook.
+    Returns (the schedule, energy per round or None)."""
+    from elma.bench.schedule import run_interleaved, warm_up
+
+    stage(f"warm-up: {min(max(1, cfg.warmup), len(examples))} questions through {len(configs)} configurations, untimed")
+    configs, dropped = warm_up(configs, examples, cfg.warmup)
+    notes += [f"{name} not run: {why}" for name, why in dropped]
+    if not configs or configs[0].kind != "policy":
+        raise ValueError(f"the chosen policy cannot run here: {dropped[0][1] if dropped else 'no configuration'}")
+    with power_sampler(cfg.power_source, cfg.power_interval_ms, meter, sampler) as live:
+        windows = RoundWindows(live)
+
+        def on_round(r: int, event: str) -> None:
+            if event == "begin":
+                stage(f"timed pass {r + 1}/{cfg.repeat}: {spec}" + (f", {len(configs)} configurations interleaved question "
+                                                                      f"by question" if len(configs) > 1 else ""))
+            windows(r, event)
+
+        schedule = run_interleaved(configs, examples, cfg.repeat, windows.clock, cfg.progress, on_round)
+        return schedule, windows.stats(cfg.power_interval_ms, len(examples) * len(configs))
+
+
+def _simulated(cfg: BenchConfig, record, settings, configs: List[Configuration], first, rows: List[ConfigResult],
+               examples: Sequence[Example]) -> Tuple[List[Tuple[ConfigResult, np.ndarray]], List[SweepPoint]]:
+    """``static:k`` rows (with their per-question simulated ms) and the sweep points, their latency simulated
+    from the timed every-exit chain of round 1."""
+    from elma.bench import sweep as sw
+
+    kinds = [c.kind for c in configs]
+    if "chain-every-exit" not in kinds:
+        return [], []
+    every = first[kinds.index("chain-every-exit")]
+    layer_ms = np.array([r.layer_latency_ms for r in every], dtype=np.float64)  # (Q, L)
+    other_ms = np.array([r.latency_ms for r in every], dtype=np.float64) - layer_ms.sum(axis=1)  # (Q,)
+    out = []
+    if cfg.baselines:
+        for k in range(1, record.num_layers + 1):
+            sim = sw.simulate(record, sw.StaticPolicy(k))
+            ms = sw.simulated_latency_ms(sim.exit_layer, other_ms, layer_ms)
+            res = sw.question_results(record, sim, examples, ms, [0.0] * len(examples))
+            res = [replace(r, flops=float(configs[0].flops(ex, r))) for r, ex in zip(res, examples)]
+            out.append((summarise(f"static:{k}", "static", "simulated", examples, res, record.num_layers, None), ms))
+    points: List[SweepPoint] = []
+    if settings:
+        measured = {c.name[len("front "):]: (rows[i].latency.mean_ms, rows[i].metrics["f1"])
+                    for i, c in enumerate(configs) if c.kind == "front"}
+        points = sw.sweep_points(settings, other_ms, layer_ms, measured)
+    return out, points
+
+
+def _with_ratios(cfg: BenchConfig, configs: List[Configuration], paired: List[np.ndarray], rows: List[ConfigResult],
+                 simulated: List[Tuple[ConfigResult, np.ndarray]], notes: List[str]):
+    """Every row's speed-up against the fused graph (else the chain) and the chain, with bootstrap intervals.
+    ``paired``: per configuration, per question latency averaged over the rounds. Returns (reference name, rows,
+    simulated rows)."""
+    kinds = [c.kind for c in configs]
+    refs = [k for k in ("fused", "chain") if k in kinds]
+    if cfg.baselines and "fused" not in refs:
+        notes.append(f"no fused graph row: ratios are against the {CHAIN}")
+
+    def add(row: ConfigResult, ms: np.ndarray) -> ConfigResult:
+        return replace(row, ratios=[ratio_ci(paired[kinds.index(k)], ms, configs[kinds.index(k)].name,
+                                             cfg.bootstrap_resamples, cfg.seed) for k in refs])
+
+    reference = configs[kinds.index(refs[0])].name if refs else ""
+    return reference, [add(r, ms) for r, ms in zip(rows, paired)], [add(r, ms) for r, ms in simulated]
