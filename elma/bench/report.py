@@ -83,7 +83,8 @@ def side_by_side(report: BenchReport) -> List[str]:
         rows.append(row)
     resamples = report.result.ratios[0].resamples if report.result.ratios else 0
     intro = ("Measured rows were timed interleaved: for each question every configuration answered it back to back, "
-             "the order rotated by one per question, batch 1, tokenisation to decoded answer. A ratio is the "
+             "the order changing per question along a balanced Latin square (each configuration first, and right after each "
+             "other, equally often), batch 1, tokenisation to decoded answer. A ratio is the "
              "reference's mean latency over the row's (above 1: faster), with the paired bootstrap 95% interval over "
              f"questions ({resamples} resamples). \"simulated\" rows are not timed: their latency is the measured "
              "every-exit chain's step times summed up to the simulated exit layer (elma/bench/sweep.py).")

@@ -1,11 +1,13 @@
-"""The interleaved timing loop: every configuration on the same question, back to back, order rotated.
+"""The interleaved timing loop: every configuration on the same question, back to back, order balanced.
 
 Timing configurations in separate passes minutes apart lets the machine's load differ between them (two
 passes of the same configuration differed by 20% on a shared 2-core machine). Here, for each question,
-each configuration answers it once, one after the other, so a slow spell hits all of them alike; the
-order rotates by one per question (and per round) so that no configuration always goes first, right after
-another one's cache traffic. A question's latency is the ``perf_counter`` wall time of the
-configuration's ``answer`` call (tokenisation to decoded answer).
+each configuration answers it once, one after the other, so a slow spell hits all of them alike. The order
+changes per question along a Williams design (a balanced Latin square): over each cycle of orders every
+configuration goes first equally often and directly follows every other one equally often, so what one
+configuration leaves behind (caches, another library's spinning thread pool) is charged to all alike.
+A question's latency is the ``perf_counter`` wall time of the configuration's ``answer`` call
+(tokenisation to decoded answer).
 
 Warm-up: the first ``warmup`` questions are answered by every configuration, untimed. A configuration
 that cannot run here (``NotImplementedError``: its backend has no such graph; ``ImportError``: a package
@@ -37,10 +39,29 @@ class Schedule:
     orders: List[Tuple[int, ...]] = field(default_factory=list)  # config order of each (round, question), for tests
 
 
+def williams_orders(n_configs: int) -> List[Tuple[int, ...]]:
+    """A Williams design for ``n`` configurations: n orders (2n when n is odd) in which each configuration is
+    first equally often and each ordered pair (a directly before b) occurs equally often."""
+    n = n_configs
+    if n < 1:
+        raise ValueError(f"need at least one configuration (got {n})")
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:  # 0, 1, n-1, 2, n-2, ...
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [tuple((c + i) % n for c in first) for i in range(n)]
+    if n % 2:
+        rows += [tuple(reversed(r)) for r in rows]
+    return rows
+
+
 def rotation(n_configs: int, step: int) -> Tuple[int, ...]:
-    """The order of the configurations at ``step``: 0..n-1 rotated left by ``step``."""
-    k = step % n_configs
-    return tuple(list(range(k, n_configs)) + list(range(k)))
+    """The order of the configurations at ``step`` (question index across rounds): the design's rows in turn."""
+    rows = williams_orders(n_configs)
+    return rows[step % len(rows)]
 
 
 def warm_up(configs: Sequence[Configuration], examples: Sequence[Example], warmup: int
@@ -79,6 +100,7 @@ def run_interleaved(configs: Sequence[Configuration], examples: Sequence[Example
         raise ValueError(f"rounds must be >= 1 (got {rounds})")
     n = len(configs)
     out = Schedule(list(configs), [])
+    orders = williams_orders(n)
     bar = _progress(len(examples) * rounds, f"{n} configurations, interleaved", progress)
     f1_sum = 0.0
     try:
@@ -87,7 +109,7 @@ def run_interleaved(configs: Sequence[Configuration], examples: Sequence[Example
                 on_round(r, "begin")
             per_config: List[List[QuestionResult]] = [[] for _ in configs]
             for qi, ex in enumerate(examples):
-                order = rotation(n, r * len(examples) + qi)
+                order = orders[(r * len(examples) + qi) % len(orders)]
                 out.orders.append(order)
                 for c in order:
                     cfg = configs[c]

@@ -4,7 +4,7 @@ that no configuration always goes first; configurations that cannot run are drop
 import pytest
 
 from elma.bench.configs import Configuration, Outcome
-from elma.bench.schedule import rotation, run_interleaved, warm_up
+from elma.bench.schedule import rotation, run_interleaved, warm_up, williams_orders
 from elma.data.squad import Answer, Example
 
 EXAMPLES = [Example(f"q{i}", "t", f"question {i}?", "some context", (Answer("context", 5),) if i % 2 else (), i % 2 == 0)
@@ -25,8 +25,18 @@ class Logged(Configuration):
         return Outcome("context" if self.name == "a" else "", 0.2, 2, (2,))
 
 
-def test_rotation():
-    assert [rotation(3, s) for s in range(4)] == [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 1, 2)]
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+def test_williams_design_balances_first_place_and_who_follows_whom(n):
+    from collections import Counter
+
+    rows = williams_orders(n)
+    assert len(rows) == (n if n % 2 == 0 else 2 * n) and all(sorted(r) == list(range(n)) for r in rows)
+    firsts = Counter(r[0] for r in rows)
+    assert set(firsts) == set(range(n)) and len(set(firsts.values())) == 1
+    if n > 1:
+        pairs = Counter((a, b) for r in rows for a, b in zip(r, r[1:]))
+        assert len(pairs) == n * (n - 1) and len(set(pairs.values())) == 1, "every ordered pair equally often"
+    assert [rotation(n, s) for s in range(2 * len(rows))] == rows + rows
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
