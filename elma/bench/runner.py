@@ -4,7 +4,7 @@
    reduced at once to a few hundred bytes per window (``elma.bench.sweep``); every sweep setting and the
    ``static:k`` rows are simulated on it (exits and F1 exact, latency *simulated*).
 2. **Time, interleaved** (``elma.bench.schedule``): the chosen policy and its baselines
-   (``elma.bench.configs``) answer each question back to back, order rotated per question, after an
+   (``elma.bench.configs``) answer each question back to back, order balanced per question, after an
    untimed warm-up; ``--repeat N`` runs N such rounds.
 3. **Summarise** (``elma.bench.results``): official metrics per configuration, and every latency ratio
    against the fused graph (and the per-layer chain at full depth) with a paired bootstrap 95% interval
