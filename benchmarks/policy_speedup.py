@@ -1,7 +1,7 @@
 """An exit policy against full depth, interleaved question by question in one run (batch 1).
 
-``elma-bench`` times each configuration in its own pass, minutes apart; on a shared machine the load can
-change between passes. Here every question is asked with the policy, then at full depth (policy ``none``:
+The quick three-way version of what ``elma-bench`` reports (which interleaves every configuration the same
+way, with bootstrap intervals): every question is asked with the policy, then at full depth (policy ``none``:
 the per-layer chain with the last exit head only), then through the bundle's fused graph, round-robin, so
 that machine noise hits all three alike. Prints one JSON object: mean and median latency of each, the
 speed-ups, mean exit layer, and the official F1 of each over the questions.
@@ -31,14 +31,14 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=500, help="first N questions (default 500)")
     p.add_argument("--warmup", type=int, default=8)
     args = p.parse_args(argv)
-    from elma.bench.baselines import fused_answerer
+    from elma.bench.configs import FusedConfig
 
     examples = load_squad(Path(args.data))[: args.limit]
     rt = Runtime.open(args.bundle)
     policy = rt.resolve_policy(args.policy)
-    fused, _ = fused_answerer(rt, rt.backend.bundle)
+    fused = FusedConfig(rt, "fused").answer  # Backend.run_fused: the bundle's fused graph
 
-    def text(answer) -> str:  # a runtime Answer or a bench QuestionResult
+    def text(answer) -> str:  # a runtime Answer or a bench Outcome
         return answer.prediction if hasattr(answer, "prediction") else ("" if answer.no_answer else answer.text)
 
     cases = {"policy": lambda e: rt.ask(e.question, e.context, policy=policy),

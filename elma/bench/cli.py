@@ -36,12 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "similarity:bikl,0.05,2, static:3, none); default: the bundle's calibrated policy, else none")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
-    p.add_argument("--repeat", type=int, default=1, metavar="N", help="timed passes of the policy (spread reported)")
-    p.add_argument("--warmup", type=int, default=8, metavar="N", help="questions answered untimed first (default 8)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="interleaved rounds over the questions (spread "
+                   "of the policy's mean reported)")
+    p.add_argument("--warmup", type=int, default=8, metavar="N", help="questions answered untimed by every "
+                   "configuration first (default 8)")
     p.add_argument("--sweep", action="store_true", help="every policy over a parameter grid: Pareto front and plots")
     p.add_argument("--measure-front", action="store_true", help="with --sweep: time each distinct setting on the "
-                   "Pareto front for real (one more pass each), beside its derived latency")
-    p.add_argument("--no-baselines", action="store_true", help="skip fused ONNX, static:k and PyTorch eager baselines")
+                   "Pareto front for real (interleaved with the rest), beside its simulated latency")
+    p.add_argument("--no-baselines", action="store_true", help="time the chosen policy alone: no chain, fused graph, "
+                   "static:k, --compare, PyTorch eager or --hf-qa rows")
+    p.add_argument("--compare", nargs="+", default=[], metavar="BUNDLE", help="other bundles of the model (e.g. its int8 "
+                   "export): their fused graph and the chosen policy, timed interleaved with the rest")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples of the questions for "
+                   "each ratio's 95%% interval (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--torch-model", metavar="DIR", help="ELMA model folder of the bundle, for the PyTorch eager baseline")
     p.add_argument("--hf-qa", metavar="DIR", help="a Hugging Face question-answering checkpoint folder, run through "
                    "AutoModelForQuestionAnswering as a further full-depth baseline")
@@ -98,12 +106,16 @@ def _config(args):
         raise UsageError("--measure-front times the points of a sweep: add --sweep")
     if args.hf_qa is not None and not Path(args.hf_qa, "config.json").is_file():
         raise UsageError(f"--hf-qa {args.hf_qa}: not a Hugging Face checkpoint folder (no config.json)")
+    for other in args.compare:
+        if not Path(other, "manifest.json").is_file():
+            raise UsageError(f"--compare {other}: not a bundle folder (no manifest.json)")
     try:
         return BenchConfig(model=str(args.model), data=str(args.data), policy=args.policy, backend=args.backend,
                            limit=args.limit, repeat=args.repeat, warmup=args.warmup, sweep=args.sweep, measure_front=args.measure_front,
                            baselines=not args.no_baselines, torch_model=args.torch_model, hf_qa=args.hf_qa,
                            ffn_size=args.ffn_size, progress=not args.no_progress, power_source=args.power_source,
-                           power_interval_ms=args.power_interval_ms)
+                           power_interval_ms=args.power_interval_ms, compare=tuple(args.compare),
+                           bootstrap_resamples=args.bootstrap, seed=args.seed)
     except ValueError as err:
         raise UsageError(str(err)) from err
 

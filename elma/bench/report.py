@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from elma.bench.runner import BenchReport, BenchRun, ConfigResult, SweepPoint
+from elma.bench.results import BenchReport, BenchRun, ConfigResult, SweepPoint
 from elma.fsutil import staged_dir
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,43 @@ CONFIG_HEADER = ["configuration", "latency", "EM", "F1", "mean exit layer", "sav
                  "p99 ms", "questions/s"]
 
 
+def _ratio(c: ConfigResult, i: int) -> str:
+    if len(c.ratios) <= i:
+        return "-"
+    r = c.ratios[i]
+    return f"{r.ratio:.2f}x [{r.low:.2f}, {r.high:.2f}]"
+
+
+def _metric(c: ConfigResult, key: str) -> str:
+    return f"{c.metrics[key]:.1f}" if key in c.metrics else "-"
+
+
+def side_by_side(report: BenchReport) -> List[str]:
+    """The table of every configuration against the fused graph (the issue's table), with 95% intervals."""
+    configs = [report.result, *report.baselines]
+    refs = [r.reference for r in report.result.ratios] or ["-"]
+    header = ["configuration", "latency", "mean ms", f"vs {refs[0]} [95% CI]"]
+    if len(refs) > 1:
+        header.append(f"vs {refs[1]} [95% CI]")
+    header += ["F1", "EM", "HasAns F1", "NoAns F1", "mean layers"]
+    rows = []
+    for c in configs:
+        row = [c.name, c.latency_source, f"{c.latency.mean_ms:.2f}", _ratio(c, 0)]
+        if len(refs) > 1:
+            row.append(_ratio(c, 1))
+        row += [_metric(c, "f1"), _metric(c, "exact"), _metric(c, "HasAns_f1"), _metric(c, "NoAns_f1"),
+                f"{c.mean_exit_layer:.2f}"]
+        rows.append(row)
+    resamples = report.result.ratios[0].resamples if report.result.ratios else 0
+    intro = ("Measured rows were timed interleaved: for each question every configuration answered it back to back, "
+             "the order changing per question along a balanced Latin square (each configuration first, and right after each "
+             "other, equally often), batch 1, tokenisation to decoded answer. A ratio is the "
+             "reference's mean latency over the row's (above 1: faster), with the paired bootstrap 95% interval over "
+             f"questions ({resamples} resamples). \"simulated\" rows are not timed: their latency is the measured "
+             "every-exit chain's step times summed up to the simulated exit layer (elma/bench/sweep.py).")
+    return ["## Side by side", "", intro, "", *_table(header, rows)]
+
+
 def _mib(value) -> str:
     return "unknown" if value is None else f"{value:.0f} MiB"
 
@@ -64,20 +101,28 @@ def markdown(report: BenchReport) -> str:
     lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
              f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
              f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms; peak resident "
-             f"memory {_mib(report.peak_rss_mb)} after the timed passes, {_mib(report.peak_rss_end_mb)} at the end of "
-             f"the run (baselines, recorded logits).", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
+             f"memory {_mib(report.peak_rss_mb)} after the timed rounds, {_mib(report.peak_rss_end_mb)} at the end of "
+             f"the run (ru_maxrss).", ""]
+    if report.result.ratios or report.baselines:
+        lines += side_by_side(report)
+    lines += ["## Official SQuAD 2.0 metrics (chosen policy)", ""]
     lines += _table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in r.metrics.items()])
     lines += ["## Exits", "", f"Mean exit layer {r.mean_exit_layer:.3f} of {report.num_layers}; expected computation "
               f"saving {100 * r.computation_saving:.1f}% (1 - mean layers / L); unsolved {100 * r.unsolved_rate:.1f}%.", ""]
     lines += _table(["exit layer", "questions"], [[i + 1, n] for i, n in enumerate(r.exit_histogram)])
     rep = report.repeats
-    lines += ["## Latency and repeats", "", f"{rep.repeats} timed pass(es) at batch 1; mean latency per pass (ms): "
+    lines += ["## Latency and repeats", "", f"{rep.repeats} interleaved round(s) at batch 1; the chosen policy's mean "
+              "latency per round (ms): "
               f"min {rep.min_mean_latency_ms:.2f}, median {rep.median_mean_latency_ms:.2f}, max {rep.max_mean_latency_ms:.2f}; "
-              f"metrics identical across passes: {'yes' if rep.metrics_identical else 'NO'}.", ""]
+              f"metrics identical across rounds: {'yes' if rep.metrics_identical else 'NO'}.", ""]
     lines += _table(CONFIG_HEADER, _config_rows([r]))
+    if report.peak_rss_stages_mb:
+        lines += ["## Memory", "", f"Peak resident memory (ru_maxrss) after each stage; the sweep's record of every exit "
+                  f"holds {report.sweep_record_bytes / 1e6:.2f} MB.", ""]
+        lines += _table(["after", "peak MiB"], [[k, _mib(v)] for k, v in report.peak_rss_stages_mb.items()])
     if report.baselines:
-        lines += ["## Baselines", "", "\"derived\" latency: measured non-layer time plus measured per-layer step times "
-                  "of a full-depth pass, up to the exit layer (see elma/bench/runner.py).", ""]
+        lines += ["## Baselines", "", "\"simulated\" latency: measured non-layer time plus measured per-layer step times "
+                  "of the every-exit chain, up to the simulated exit layer (see elma/bench/sweep.py).", ""]
         lines += _table(CONFIG_HEADER, _config_rows(report.baselines))
     if report.sweep:
         front = sorted((p for p in report.sweep if p.pareto_layers), key=lambda p: (p.mean_layers, -p.f1))
@@ -86,8 +131,8 @@ def markdown(report: BenchReport) -> str:
             same.setdefault((p.mean_layers, p.f1), []).append(p)
         lines += ["## Sweep: Pareto front (F1 vs mean exit layer)", "",
                   f"{len(report.sweep)} settings simulated on recorded logits; {len(front)} on the front (settings with "
-                  f"equal mean layers and F1 share a row). Latency derived; every point is in report.json.", ""]
-        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (derived)", "mean ms (measured)", "unsolved",
+                  f"equal mean layers and F1 share a row). Latency simulated; every point is in report.json.", ""]
+        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (simulated)", "mean ms (measured)", "unsolved",
                          "equivalent settings"],
                         [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.exact:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_latency_ms:.2f}",
                           "-" if p.measured_latency_ms is None else f"{p.measured_latency_ms:.2f}",
@@ -108,8 +153,9 @@ def markdown(report: BenchReport) -> str:
             return "-" if v is None else format(v, spec)
 
         lines += ["## Energy (timed passes)", "", f"Source {e.source}, sampled every {e.interval_ms} ms; one measurement "
-                  "window per timed pass (elma.power).", ""]
-        lines += _table(["pass", "energy per question mJ", "mean power mW", "coverage"],
+                  "window per timed pass (an interleaved round: every configuration of the round together; per "
+                  "answer = over questions x configurations) (elma.power).", ""]
+        lines += _table(["pass", "energy per answer mJ", "mean power mW", "coverage"],
                         [[i + 1, fmt(q, ".2f"), fmt(p, ".0f"), fmt(w.coverage, ".0%")]
                          for i, (q, p, w) in enumerate(zip(e.energy_per_question_mj, e.mean_power_mw, e.windows))])
     if report.notes:
@@ -119,7 +165,7 @@ def markdown(report: BenchReport) -> str:
 
 
 def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
-    """F1 vs mean layers and F1 vs derived latency, one line per policy, front marked. Returns the file names."""
+    """F1 vs mean layers and F1 vs simulated latency, one line per policy, front marked. Returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +173,7 @@ def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
 
     written = []
     for fname, key, front_key, xlabel in ((PLOT_LAYERS, "mean_layers", "pareto_layers", "mean exit layer"),
-                                          (PLOT_LATENCY, "mean_latency_ms", "pareto_latency", "mean latency, ms (derived)")):
+                                          (PLOT_LATENCY, "mean_latency_ms", "pareto_latency", "mean latency, ms (simulated)")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         by_policy: Dict[str, List[SweepPoint]] = {}
         for p in points:

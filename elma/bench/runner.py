@@ -1,47 +1,73 @@
-"""The benchmark runner: timed passes, offline policy sweep, baselines and roofline, as one ``BenchReport``.
+"""``run_bench``: the stages of one ``elma-bench`` run, each in its own module.
 
-Where each number comes from:
-
-* **Timed pass** (the chosen policy, and every ``--repeat``), after ``warmup`` untimed questions: questions one
-  at a time (batch 1) through ``Runtime.ask``; a question's latency is the wall time of that call, tokenisation to decoded answer.
-  Throughput is questions over the wall time of the whole pass.
-* **Sweep and ``static:k`` baselines**: the model runs once over the questions recording every exit's logits
-  (``elma.runtime.calibrate.record``), and every policy setting is simulated on them, exactly as the runtime
-  decides (tested in tests/runtime/test_calibrate.py): F1 and exit layers are exact. Their latency is
-  *derived*, not measured: per question, the measured non-layer time (tokenisation, embeddings, span decoding)
-  plus the measured per-layer step times up to the simulated exit layer, both from a timed full-depth pass.
-  Policy decision costs beyond the full-depth pass's are therefore not included (``latency_source`` says
-  "derived" on every such row).
-* **Fused ONNX graph** (bundles), **PyTorch eager** (ELMA model folders, or ``torch_model``) and a
-  **transformers ``AutoModelForQuestionAnswering``** checkpoint (``hf_qa``): measured, batch 1, with the same
-  window geometry and span decoding as the runtime (``elma.bench.baselines``).
+1. **Record** (with baselines or ``--sweep``): every exit of every question, one question at a time,
+   reduced at once to a few hundred bytes per window (``elma.bench.sweep``); every sweep setting and the
+   ``static:k`` rows are simulated on it (exits and F1 exact, latency *simulated*).
+2. **Time, interleaved** (``elma.bench.schedule``): the chosen policy and its baselines
+   (``elma.bench.configs``) answer each question back to back, order balanced per question, after an
+   untimed warm-up; ``--repeat N`` runs N such rounds.
+3. **Summarise** (``elma.bench.results``): official metrics per configuration, and every latency ratio
+   against the fused graph (and the per-layer chain at full depth) with a paired bootstrap 95% interval
+   (``elma.bench.bootstrap``); the simulated latencies of the sweep from the timed every-exit chain;
+   roofline; energy per round with a power source (``elma.bench.power``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
-import platform
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from elma.bench.roofline import MatmulPeak, RooflineRow, measure_matmul_peak, question_flops, roofline_row
+from elma.bench.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, ratio_ci
+from elma.bench.configs import (  # noqa: F401  (EveryExitFullDepth: re-exported)
+    Configuration,
+    EveryExitFullDepth,
+    FusedConfig,
+    HfQaConfig,
+    ModelDims,
+    PolicyConfig,
+    RuntimeFlops,
+    TorchEagerConfig,
+    model_dims,
+    precision_label,
+    source_model_folder,
+)
+from elma.bench.power import RoundWindows, power_sampler
+from elma.bench.results import (  # noqa: F401  (re-exported: the runner's names before the split)
+    BenchReport,
+    BenchRun,
+    ConfigResult,
+    EnergyStats,
+    LatencyStats,
+    QuestionResult,
+    RatioCI,
+    RepeatStats,
+    Roofline,
+    SweepPoint,
+    latency_stats,
+    machine_info,
+    na_prob,
+    pareto_front,
+    peak_rss_mb,
+    question_f1,
+    same_outcomes,
+    summarise,
+    versions,
+)
+from elma.bench.roofline import measure_matmul_peak, roofline_row
 from elma.data.squad import Example, load_squad
 from elma.errors import DataError
-from elma.metrics.squad_v2 import compute_f1, squad_v2_scores
-from elma.runtime.policies import NoExitPolicy
 
 logger = logging.getLogger(__name__)
 
-SWEEP_POLICIES = ("entropy", "maxprob", "patience", "similarity", "static")
+CHAIN = "per-layer chain, full depth"
+EVERY_EXIT = "per-layer chain, every exit head (source of simulated latencies)"
 
 
 @dataclass(frozen=True)
@@ -53,17 +79,20 @@ class BenchConfig:
     policy: Optional[str] = None  # exit policy spec; None: the model's calibrated default
     backend: Optional[str] = None  # onnxruntime (bundles, default), tensorrt, torch (model folders)
     limit: Optional[int] = None  # first N questions of the file; None: all
-    repeat: int = 1  # timed passes of the chosen policy (spread reported)
-    warmup: int = 8  # questions answered untimed before the first timed pass (sessions, allocator, caches)
+    repeat: int = 1  # interleaved rounds over the questions (spread of the policy's mean reported)
+    warmup: int = 8  # questions answered untimed by every configuration first (sessions, allocator, caches)
     sweep: bool = False  # simulate every policy over a parameter grid; Pareto front and plots
-    measure_front: bool = False  # with sweep: also time each distinct setting on the F1-vs-layers front for real
-    baselines: bool = True  # fused ONNX graph, static:k at every layer, PyTorch eager where possible
+    measure_front: bool = False  # with sweep: also time each distinct setting on the F1-vs-layers front, interleaved
+    baselines: bool = True  # chain, fused graph, static:k (simulated), PyTorch eager, --compare, --hf-qa
     torch_model: Optional[str] = None  # ELMA model folder for the PyTorch eager baseline of a bundle
     hf_qa: Optional[str] = None  # Hugging Face AutoModelForQuestionAnswering checkpoint folder, as a further baseline
     ffn_size: Optional[int] = None  # feed-forward width for the FLOPs count; None: config.json, else 4 x hidden
     progress: bool = False  # tqdm bar with running F1 and ETA on stderr
     power_source: Optional[str] = None  # elma.power source spec (tegrastats, ina3221, jtop, keysight:..., null); None: none
     power_interval_ms: int = 100  # sampling period of the power source, ms
+    compare: Tuple[str, ...] = ()  # other bundles (e.g. the int8 export): their fused graph and the chosen policy
+    bootstrap_resamples: int = DEFAULT_RESAMPLES  # resamples of the questions for each ratio's 95% interval
+    seed: int = DEFAULT_SEED  # bootstrap seed
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -74,279 +103,8 @@ class BenchConfig:
             raise ValueError(f"--warmup must be >= 0 (got {self.warmup})")
         if self.power_interval_ms <= 0:
             raise ValueError(f"--power-interval-ms must be positive (got {self.power_interval_ms})")
-
-
-# ---- results ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuestionResult:
-    """One question of one pass."""
-
-    qid: str
-    prediction: str  # "" = no answer
-    na_prob: float  # sigmoid(null score - best span score - null threshold): above 0.5 exactly when no answer
-    exit_layer: int  # deepest window's exit (what the question cost)
-    window_layers: Tuple[int, ...]
-    latency_ms: float
-    layer_latency_ms: Tuple[float, ...] = ()  # per step run (runtime passes only)
-    unsolved: bool = False  # no exit was confident by the last layer (runtime passes with an early-exit policy)
-    start_s: Optional[float] = None  # timed passes: clock reading just before the question (the power sampler's clock), s
-    end_s: Optional[float] = None  # timed passes: clock reading just after its answer, s (elma-energy's per-question windows)
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    min_ms: float
-    max_ms: float
-
-
-@dataclass(frozen=True)
-class ConfigResult:
-    """One configuration (the chosen policy, or a baseline) over the whole question set."""
-
-    name: str  # e.g. "policy entropy:0.4,0.4", "fused ONNX graph", "static:3"
-    kind: str  # "policy", "fused", "static", "torch-eager"
-    latency_source: str  # "measured" (timed batch-1 pass) or "derived" (see the module docstring)
-    metrics: Dict[str, float]  # official SQuAD 2.0 numbers (exact, f1, HasAns_*, NoAns_*, best_*)
-    mean_exit_layer: float
-    computation_saving: float  # 1 - mean exit layer / number of layers
-    exit_histogram: List[int]  # questions per exit layer: [layer 1, layer 2, ...]
-    latency: LatencyStats
-    throughput_qps: float  # questions per second of the pass (derived rows: 1000 / mean latency)
-    mean_gflops_per_question: float
-    unsolved_rate: float = 0.0  # share of questions no exit was confident about (policy rows)
-
-
-@dataclass(frozen=True)
-class RepeatStats:
-    repeats: int
-    mean_latency_ms: List[float]  # per pass
-    min_mean_latency_ms: float
-    median_mean_latency_ms: float
-    max_mean_latency_ms: float
-    throughput_qps: List[float]  # per pass
-    metrics_identical: bool  # every pass gave the same predictions, exit layers and metrics
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    policy: str  # policy name: one line per name in the plots
-    spec: str
-    f1: float
-    exact: float
-    mean_layers: float
-    mean_latency_ms: float  # derived (see the module docstring)
-    unsolved_rate: float
-    pareto_layers: bool  # on the front of (max F1, min mean layers) over every point
-    pareto_latency: bool  # on the front of (max F1, min mean latency)
-    measured_latency_ms: Optional[float] = None  # with --measure-front: a real timed pass of this setting
-    measured_f1: Optional[float] = None  # F1 of that pass (equals ``f1``: the simulation is exact)
-
-
-@dataclass(frozen=True)
-class Roofline:
-    peak: MatmulPeak
-    hidden_size: int
-    ffn_size: int
-    ffn_size_source: str  # "config.json", "--ffn-size" or "assumed 4 x hidden"
-    mean_window_tokens: float  # measured sequence lengths (no padding)
-    rows: List[RooflineRow]
-
-
-@dataclass(frozen=True)
-class EnergyStats:
-    """Board energy of each timed pass, from ``elma.power`` measurement windows (one window per pass)."""
-
-    source: str  # the meter's description
-    interval_ms: int
-    energy_per_question_mj: List[Optional[float]]  # per pass: window energy / questions (None: nothing measured)
-    mean_power_mw: List[Optional[float]]  # per pass
-    windows: List[object]  # per pass: the ``elma.power.Measurement`` (coverage, gaps, rails)
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    machine: Dict[str, object]
-    versions: Dict[str, str]
-    settings: Dict[str, object]
-    model_kind: str  # "bundle" or "model"
-    backend: str  # what ran the timed passes
-    policy: str  # spec actually used
-    num_layers: int
-    questions: int
-    windows: int
-    model_load_ms: float
-    peak_rss_mb: Optional[float]  # peak resident memory after loading and the timed passes (ru_maxrss; None if unknown)
-    peak_rss_end_mb: Optional[float]  # the same at the end of the run (baselines and recorded logits included)
-    result: ConfigResult  # the chosen policy, first timed pass
-    repeats: RepeatStats
-    baselines: List[ConfigResult] = field(default_factory=list)
-    sweep: List[SweepPoint] = field(default_factory=list)
-    roofline: Optional[Roofline] = None
-    energy: Optional[EnergyStats] = None  # with a power source
-    notes: List[str] = field(default_factory=list)  # what was skipped and why
-
-    def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
-
-
-@dataclass
-class BenchRun:
-    """What ``run_bench`` returns: the report and the predictions files' contents (first timed pass)."""
-
-    report: BenchReport
-    predictions: Dict[str, str]
-    na_probs: Dict[str, float]
-    questions: List[QuestionResult] = field(default_factory=list)  # first timed pass, per question (times included)
-
-
-# ---- helpers ----------------------------------------------------------------------------------------------------
-
-
-def _sigmoid(x: float) -> float:
-    if x != x:
-        return 0.5
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-def na_prob(span_minus_null: float, null_threshold: float) -> float:
-    """No-answer probability of the official format: sigmoid(null - span - threshold); 1.0 when no span exists."""
-    if not math.isfinite(span_minus_null):
-        return 1.0
-    return _sigmoid(-span_minus_null - null_threshold)
-
-
-def latency_stats(values_ms: Sequence[float]) -> LatencyStats:
-    a = np.asarray(values_ms, dtype=np.float64)
-    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return LatencyStats(float(a.mean()), p50, p90, p99, float(a.min()), float(a.max()))
-
-
-def question_f1(gold: Sequence[str], prediction: str) -> float:
-    """Official per-question F1 (max over the gold answers; an unanswerable question is scored against '')."""
-    return max(compute_f1(g, prediction) for g in (list(gold) or [""]))
-
-
-def pareto_front(points: Sequence[Tuple[float, float]]) -> List[bool]:
-    """For (cost, f1) pairs: True where no other point has cost <= and f1 >= with one strictly better."""
-    out = []
-    for i, (c, f) in enumerate(points):
-        dominated = any((c2 <= c and f2 >= f and (c2 < c or f2 > f)) for j, (c2, f2) in enumerate(points) if j != i)
-        out.append(not dominated)
-    return out
-
-
-def peak_rss_mb() -> Optional[float]:
-    """Peak resident memory of this process in MiB: ru_maxrss (KiB on Linux, bytes on macOS), else psutil's
-    peak working set (Windows), else None."""
-    try:
-        import resource
-    except ImportError:
-        try:
-            import psutil
-        except ImportError:
-            return None
-        peak = getattr(psutil.Process().memory_info(), "peak_wset", None)
-        return peak / (1024 * 1024) if peak else None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-def machine_info() -> Dict[str, object]:
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-
-
-def versions() -> Dict[str, str]:
-    """Versions of what ran (heavy modules only if this process already imported them)."""
-    import elma
-
-    out = {"elma": elma.__version__, "numpy": np.__version__}
-    for name in ("tokenizers", "onnxruntime", "torch", "transformers", "tensorrt"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            out[name] = str(getattr(mod, "__version__", "?"))
-    return out
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        logger.warning("tqdm is not installed: no progress bar (pip install tqdm)")
-        return None
-    return tqdm(total=total, desc=desc, unit="q", mininterval=1.0, file=sys.stderr)
-
-
-# ---- passes -----------------------------------------------------------------------------------------------------
-
-
-def timed_pass(rt, examples: Sequence[Example], policy, desc: str = "bench", progress: bool = False,
-               clock: Callable[[], float] = time.monotonic) -> Tuple[List[QuestionResult], float]:
-    """Every question through ``rt.ask`` at batch 1. Returns (per question, wall seconds of the pass).
-
-    Each question's ``start_s``/``end_s`` are ``clock()`` readings around its ``ask`` call (the power sampler's
-    clock, so energy windows can be cut per question); its latency is measured with ``perf_counter``.
-    """
-    bar = _progress(len(examples), desc, progress)
-    out: List[QuestionResult] = []
-    f1_sum, bar_s = 0.0, 0.0
-    t_pass = time.perf_counter()
-    try:
-        for i, ex in enumerate(examples):
-            start_s = clock()
-            t0 = time.perf_counter()
-            a = rt.ask(ex.question, ex.context, policy=policy)
-            t1 = time.perf_counter()
-            end_s = clock()
-            out.append(QuestionResult(ex.qid, a.text, na_prob(a.score, rt.info.null_threshold(a.exit_layer)), a.exit_layer,
-                                      tuple(a.window_exit_layers), (t1 - t0) * 1e3, tuple(a.layer_latency_ms), a.unsolved,
-                                      start_s, end_s))
-            if bar is not None:  # its time (running F1, redraw) is left out of the pass's wall time
-                f1_sum += question_f1(ex.answer_texts, a.text)
-                bar.update(1)
-                bar.set_postfix(F1=f"{100 * f1_sum / (i + 1):.1f}", refresh=False)
-                bar_s += time.perf_counter() - t1
-    finally:
-        if bar is not None:
-            bar.close()
-    return out, time.perf_counter() - t_pass - bar_s
-
-
-def summarise(name: str, kind: str, source: str, examples: Sequence[Example], results: Sequence[QuestionResult],
-              num_layers: int, wall_s: Optional[float], flops: Sequence[float]) -> ConfigResult:
-    gold = {ex.qid: ex.answer_texts for ex in examples}
-    preds = {r.qid: r.prediction for r in results}
-    probs = {r.qid: r.na_prob for r in results}
-    metrics = {k: int(v) if k.endswith("total") else float(v) for k, v in squad_v2_scores(gold, preds, probs).items()}
-    hist = [0] * num_layers
-    for r in results:
-        hist[r.exit_layer - 1] += 1
-    mean_layer = sum(r.exit_layer for r in results) / len(results)
-    lat = latency_stats([r.latency_ms for r in results])
-    qps = len(results) / wall_s if wall_s else (1e3 / lat.mean_ms if lat.mean_ms > 0 else float("inf"))
-    unsolved_rate = sum(r.unsolved for r in results) / len(results)
-    return ConfigResult(name, kind, source, metrics, mean_layer, 1.0 - mean_layer / num_layers, hist, lat, qps,
-                        float(np.mean(flops)) / 1e9, unsolved_rate)
-
-
-def _same(a: Sequence[QuestionResult], b: Sequence[QuestionResult]) -> bool:
-    return [(r.qid, r.prediction, r.exit_layer, r.window_layers, r.na_prob) for r in a] == \
-        [(r.qid, r.prediction, r.exit_layer, r.window_layers, r.na_prob) for r in b]
-
-
-# ---- the run ----------------------------------------------------------------------------------------------------
+        if self.bootstrap_resamples < 1:
+            raise ValueError(f"--bootstrap must be >= 1 (got {self.bootstrap_resamples})")
 
 
 def load_examples(data: str, limit: Optional[int]) -> List[Example]:
@@ -359,34 +117,74 @@ def load_examples(data: str, limit: Optional[int]) -> List[Example]:
     return examples
 
 
-def _ffn_size(cfg: BenchConfig, rt) -> Tuple[int, str]:
-    if cfg.ffn_size:
-        return int(cfg.ffn_size), "--ffn-size"
-    import json
-
-    for folder in (cfg.torch_model, cfg.model if rt.info.kind == "model" else None):
-        if folder and (Path(folder) / "config.json").is_file():
-            value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("intermediate_size")
-            if value:
-                return int(value), "config.json"
-    return 4 * _hidden_size(rt), "assumed 4 x hidden"
+# ---- configurations ----------------------------------------------------------------------------------------
 
 
-def _hidden_size(rt) -> int:
-    bundle = getattr(rt.backend, "bundle", None)
-    if bundle is not None:
-        return int(bundle.hidden_size)
-    steps = getattr(rt.backend, "steps", None)
-    if steps is not None:
-        import json
+def build_configs(cfg: BenchConfig, rt, dims: ModelDims, backend: Optional[str], need_every_exit: bool,
+                  front_specs: Sequence[str], stack: contextlib.ExitStack, notes: List[str], stage) -> List[Configuration]:
+    """The chosen policy first, then its baselines, in report order. Runtimes opened here close with ``stack``."""
+    from elma.runtime.engine import Runtime
 
-        return int(json.loads((Path(rt.info.path) / "config.json").read_text(encoding="utf-8"))["hidden_size"])
-    raise ValueError("cannot tell the model's hidden size")
+    policy = rt.policy
+    flops = RuntimeFlops(rt, dims)
+    out: List[Configuration] = [PolicyConfig(rt, policy, f"policy {policy.spec}", "policy", flops)]
+    if cfg.baselines:
+        out.append(PolicyConfig(rt, "none", CHAIN, "chain", flops))
+        out.append(FusedConfig(rt, f"fused graph {precision_label(rt)}", "fused", flops))
+    if need_every_exit:
+        out.append(PolicyConfig(rt, EveryExitFullDepth(), EVERY_EXIT, "chain-every-exit", flops))
+    if cfg.baselines:
+        for path in cfg.compare:
+            stage(f"opening --compare {path}")
+            other = Runtime.open(path, backend=backend, policy=policy)
+            stack.callback(other.close)
+            label = f"{precision_label(other)} ({Path(path).name})"
+            other_flops = RuntimeFlops(other, model_dims(other, None, None))
+            out.append(FusedConfig(other, f"fused graph {label}", "compare-fused", other_flops))
+            if policy.spec != "none":
+                out.append(PolicyConfig(other, policy, f"policy {policy.spec}, bundle {label}", "compare-policy",
+                                        other_flops))
+        out += _torch_configs(cfg, rt, flops, notes, stage)
+    for spec in front_specs:
+        out.append(PolicyConfig(rt, spec, f"front {spec}", "front", flops))
+    return out
+
+
+def _torch_configs(cfg: BenchConfig, rt, flops: RuntimeFlops, notes: List[str], stage) -> List[Configuration]:
+    out: List[Configuration] = []
+    torch_model = cfg.torch_model or (str(rt.info.path) if rt.info.kind == "model" else None)
+    if torch_model is None:
+        found = source_model_folder(rt)
+        torch_model = str(found) if found else None
+        if found:
+            notes.append(f"PyTorch eager runs {found}, the model folder the bundle's manifest records (weights checked)")
+    if torch_model:
+        stage("loading the PyTorch eager baseline")
+        try:
+            out.append(TorchEagerConfig(torch_model, rt, flops))
+        except ImportError as err:
+            notes.append(f"PyTorch eager baseline skipped: {err}")
+    else:
+        notes.append("PyTorch eager baseline skipped: the bundle's source model folder was not found "
+                     "(pass --torch-model MODEL_FOLDER)")
+    if cfg.hf_qa:
+        stage("loading the transformers AutoModelForQuestionAnswering baseline")
+        try:
+            out.append(HfQaConfig(cfg.hf_qa, rt.info.windows))
+        except ImportError as err:
+            notes.append(f"transformers QA baseline skipped: {err}")
+    else:
+        notes.append("no transformers AutoModelForQuestionAnswering baseline: pass --hf-qa CHECKPOINT (an ELMA model "
+                     "is multi-exit, not an HF QA checkpoint)")
+    return out
+
+
+# ---- the run ----------------------------------------------------------------------------------------------------
 
 
 def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
               on_stage: Optional[Callable[[str], None]] = None, meter=None, sampler=None) -> BenchRun:
-    """Run the benchmark ``cfg`` describes.
+    """Run the benchmark ``cfg`` describes (see the module docstring).
 
     Args:
         examples: the questions (already loaded and limited); None loads ``cfg.data``.
@@ -406,228 +204,145 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         examples = load_examples(cfg.data, cfg.limit)
     backend = cfg.backend or (None if is_bundle(cfg.model) else "torch")
     notes: List[str] = []
+    rss: Dict[str, Optional[float]] = {}
 
     peak_before = measure_matmul_peak()  # before and after the run: the better one is this machine's peak
     stage("loading the model")
     t0 = time.perf_counter()
     rt = Runtime.open(cfg.model, backend=backend, policy=cfg.policy)
     load_ms = (time.perf_counter() - t0) * 1e3
-    with rt:
-        L = rt.num_layers
-        policy = rt.policy
-        lengths = [[len(w) for w in rt.windows([(ex.question, ex.context)])] for ex in examples]
-        hidden = _hidden_size(rt)
-        ffn, ffn_source = _ffn_size(cfg, rt)
+    with contextlib.ExitStack() as stack:
+        stack.callback(rt.close)
+        L, policy = rt.num_layers, rt.policy
+        dims = model_dims(rt, cfg.torch_model, cfg.ffn_size)
+        rss["loaded"] = peak_rss_mb()
 
-        def flops_of(results: Sequence[QuestionResult]) -> List[float]:
-            return [question_flops(t, r.window_layers or (r.exit_layer,) * len(t), hidden, ffn)
-                    for t, r in zip(lengths, results)]
+        record, settings, front = _record(cfg, rt, examples, stage, rss)
+        configs = build_configs(cfg, rt, dims, backend, record is not None, front, stack, notes, stage)
+        for c in configs:
+            stack.callback(c.close)
+        schedule, energy = _time(cfg, configs, examples, stage, policy.spec, notes, meter, sampler)
+        configs = schedule.configs
+        rss["timed"] = peak_rss_mb()
 
-        if cfg.warmup:
-            stage(f"warm-up: {min(cfg.warmup, len(examples))} questions, untimed")
-            for ex in examples[:cfg.warmup]:
-                rt.ask(ex.question, ex.context, policy=policy)
-        passes = []
-        energy: Optional[EnergyStats] = None
-        with _power_sampler(cfg, meter, sampler) as sampler:
-            monitor = None
-            clock = time.monotonic
-            if sampler is not None:
-                from elma.power.monitor import EnergyMonitor
-
-                monitor = EnergyMonitor(sampler)
-                clock = sampler.clock
-            windows = []
-            for k in range(cfg.repeat):
-                stage(f"timed pass {k + 1}/{cfg.repeat}: {policy.spec}")
-                if monitor is not None:
-                    monitor.begin_window(f"pass-{k + 1}")
-                passes.append(timed_pass(rt, examples, policy, f"{policy.spec} {k + 1}/{cfg.repeat}", cfg.progress, clock))
-                if monitor is not None:
-                    windows.append(monitor.end_window(f"pass-{k + 1}"))
-            if sampler is not None:
-                n = len(examples)
-                energy = EnergyStats(sampler.meter.describe(), cfg.power_interval_ms,
-                                     [None if m.energy_mj is None else m.energy_mj / n for m in windows],
-                                     [m.mean_power_mw for m in windows], windows)
-        first, wall = passes[0]
-        result = summarise(f"policy {policy.spec}", "policy", "measured", examples, first, L, wall, flops_of(first))
-        rss_timed = peak_rss_mb()
-        means = [float(np.mean([r.latency_ms for r in p])) for p, _ in passes]
+        first = [[replace(r, flops=float(c.flops(ex, r))) for r, ex in zip(rows, examples)]
+                 for c, rows in zip(configs, schedule.results[0])]
+        paired = [np.mean([[r.latency_ms for r in rnd[i]] for rnd in schedule.results], axis=0) for i in range(len(configs))]
+        rows = [summarise(c.name, c.kind, "measured", examples, res, c.num_layers, None) for c, res in zip(configs, first)]
+        simulated: List[Tuple[ConfigResult, np.ndarray]] = []
+        sweep_points: List[SweepPoint] = []
+        record_bytes = record.nbytes if record is not None else 0
+        if record is not None:
+            simulated, sweep_points = _simulated(cfg, record, settings, configs, first, rows, examples)
+            notes.append(f"sweep record: {record_bytes / 1e6:.2f} MB for {record.questions} questions "
+                         f"({record_bytes / record.questions:.0f} bytes per question)")
+        del record, settings
+        reference, rows, simulated_rows = _with_ratios(cfg, configs, paired, rows, simulated, notes)
+        result, baselines = rows[0], rows[1:] + simulated_rows
+        policy_rounds = [rnd[0] for rnd in schedule.results]
+        means = [float(np.mean([r.latency_ms for r in p])) for p in policy_rounds]
         repeats = RepeatStats(cfg.repeat, means, min(means), statistics.median(means), max(means),
-                              [len(p) / w for p, w in passes], all(_same(first, p) for p, _ in passes[1:]))
+                              [1e3 / m for m in means], all(same_outcomes(policy_rounds[0], p) for p in policy_rounds[1:]))
 
-        baselines: List[ConfigResult] = []
-        sweep: List[SweepPoint] = []
-        if cfg.baselines or cfg.sweep:
-            from elma.runtime.calibrate import record
-
-            stage("timed full-depth pass, every exit head run (per-layer times for derived latencies)")
-            full, full_wall = timed_pass(rt, examples, EveryExitFullDepth(), "full depth", cfg.progress)
-            stage("recording every exit's logits")
-            recorded = record(rt, examples)
-            layer_ms = [list(r.layer_latency_ms) for r in full]
-            other_ms = [r.latency_ms - sum(r.layer_latency_ms) for r in full]
-
-            def derived_ms(exits) -> List[float]:
-                return [o + sum(steps[:max(layer for layer, _ in per_window)])
-                        for o, steps, per_window in zip(other_ms, layer_ms, exits)]
-
-            if cfg.baselines:
-                baselines.append(summarise("per-layer chain, full depth", "policy", "measured", examples, full, L,
-                                           full_wall, flops_of(full)))
-                baselines += _static_baselines(recorded, examples, L, derived_ms, flops_of)
-                baselines += _measured_baselines(cfg, rt, examples, lengths, hidden, ffn, stage, notes)
-            if cfg.sweep:
-                sweep = _sweep(recorded, derived_ms, stage)
-                if cfg.measure_front:
-                    sweep = _measure_front(rt, examples, sweep, stage, cfg.progress)
         peak = max(peak_before, measure_matmul_peak(), key=lambda m: m.gflops_per_s)
-        rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak) for c in [result, *baselines]]
-        roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
+        roof_rows = [roofline_row(c.name, c.mean_gflops_per_question * 1e9, c.latency.mean_ms, peak)
+                     for c in [result, *baselines] if c.mean_gflops_per_question > 0]
+        tokens = [t for ex in examples for t in configs[0].window_tokens(ex)]  # cached by the FLOPs count
+        roof = Roofline(peak, dims.hidden_size, dims.ffn_size, dims.ffn_source, float(np.mean(tokens)), roof_rows)
+        rss["end"] = peak_rss_mb()
+        n_windows = sum(len(r.window_layers) for r in first[0])
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
-                             len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
-                             baselines, sweep, roof, energy, notes)
-    return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first}, first)
+                             len(examples), n_windows, load_ms, rss["timed"], rss["end"], result, repeats,
+                             baselines, sweep_points, roof, energy, notes, True,
+                             reference, rss, record_bytes)
+        policy_first = first[0]
+    return BenchRun(report, {r.qid: r.prediction for r in policy_first}, {r.qid: r.na_prob for r in policy_first},
+                    policy_first)
 
 
-class EveryExitFullDepth(NoExitPolicy):
-    """Full depth with every exit head run and decided on: what an early-exit policy pays per layer.
+def _record(cfg: BenchConfig, rt, examples: Sequence[Example], stage, rss: Dict[str, Optional[float]]):
+    """With baselines or a sweep: the compact record of every exit, the simulated sweep settings, and the front
+    settings to time (``--measure-front``). Returns (record or None, settings, front specs)."""
+    if not (cfg.baselines or cfg.sweep):
+        return None, [], []
+    from elma.bench import sweep as sw
 
-    ``none`` itself skips the heads before the last layer; derived latencies need the steps with their heads.
-    """
-
-    def reads_exit(self, layer: int) -> bool:
-        return True
-
-
-@contextlib.contextmanager
-def _power_sampler(cfg: BenchConfig, meter=None, sampler=None):
-    """A started ``PowerSampler``: the caller's ``sampler`` (not stopped here), else one over ``meter`` or
-    ``cfg.power_source`` (None when none is given)."""
-    if sampler is not None:
-        yield sampler
-        return
-    if meter is None and cfg.power_source is None:
-        yield None
-        return
-    from elma.power.sampler import PowerSampler
-
-    if meter is None:
-        from elma.power.sources import PowerConfig, open_meter
-
-        meter = open_meter(PowerConfig(source=cfg.power_source, interval_ms=cfg.power_interval_ms))
-    sampler = PowerSampler(meter, interval_s=cfg.power_interval_ms / 1e3).start()
-    try:
-        yield sampler
-    finally:
-        sampler.stop()
+    stage(f"recording every exit of {len(examples)} questions, one at a time (for the simulated rows)")
+    record = sw.record_exits(rt, examples)
+    rss["recorded"] = peak_rss_mb()
+    settings, front = [], []
+    if cfg.sweep:
+        settings = sw.simulate_grid(record, on_policy=lambda name: stage(f"sweep: {name}"))
+        front = sw.front_specs(settings) if cfg.measure_front else []
+        rss["simulated"] = peak_rss_mb()
+    return record, settings, front
 
 
-def _static_baselines(recorded, examples, L: int, derived_ms, flops_of) -> List[ConfigResult]:
-    """Appointed-Exit: ``static:k`` for every k, simulated on the recorded logits, latency derived."""
-    from elma.runtime.policies import StaticPolicy
+def _time(cfg: BenchConfig, configs: List[Configuration], examples: Sequence[Example], stage, spec: str,
+          notes: List[str], meter, sampler):
+    """Warm up (dropping what cannot run), then time every configuration interleaved under the power hook.
+    Returns (the schedule, energy per round or None)."""
+    from elma.bench.schedule import run_interleaved, warm_up
 
+    stage(f"warm-up: {min(max(1, cfg.warmup), len(examples))} questions through {len(configs)} configurations, untimed")
+    configs, dropped = warm_up(configs, examples, cfg.warmup)
+    notes += [f"{name} not run: {why}" for name, why in dropped]
+    if not configs or configs[0].kind != "policy":
+        raise ValueError(f"the chosen policy cannot run here: {dropped[0][1] if dropped else 'no configuration'}")
+    with power_sampler(cfg.power_source, cfg.power_interval_ms, meter, sampler) as live:
+        windows = RoundWindows(live)
+
+        def on_round(r: int, event: str) -> None:
+            if event == "begin":
+                stage(f"timed pass {r + 1}/{cfg.repeat}: {spec}" + (f", {len(configs)} configurations interleaved question "
+                                                                      f"by question" if len(configs) > 1 else ""))
+            windows(r, event)
+
+        schedule = run_interleaved(configs, examples, cfg.repeat, windows.clock, cfg.progress, on_round)
+        return schedule, windows.stats(cfg.power_interval_ms, len(examples) * len(configs))
+
+
+def _simulated(cfg: BenchConfig, record, settings, configs: List[Configuration], first, rows: List[ConfigResult],
+               examples: Sequence[Example]) -> Tuple[List[Tuple[ConfigResult, np.ndarray]], List[SweepPoint]]:
+    """``static:k`` rows (with their per-question simulated ms) and the sweep points, their latency simulated
+    from the timed every-exit chain of round 1."""
+    from elma.bench import sweep as sw
+
+    kinds = [c.kind for c in configs]
+    if "chain-every-exit" not in kinds:
+        return [], []
+    every = first[kinds.index("chain-every-exit")]
+    layer_ms = np.array([r.layer_latency_ms for r in every], dtype=np.float64)  # (Q, L)
+    other_ms = np.array([r.latency_ms for r in every], dtype=np.float64) - layer_ms.sum(axis=1)  # (Q,)
     out = []
-    for k in range(1, L + 1):
-        policy = StaticPolicy(k)
-        exits = recorded.window_exits(policy)
-        results = []
-        for qi, (q, per_window) in enumerate(zip(recorded.questions, exits)):
-            layers = tuple(layer for layer, _ in per_window)
-            results.append(QuestionResult(q.example.qid, recorded.prediction(qi, layers),
-                                          _recorded_na_prob(recorded, qi, layers), max(layers), layers, 0.0))
-        lat = derived_ms(exits)
-        results = [QuestionResult(r.qid, r.prediction, r.na_prob, r.exit_layer, r.window_layers, ms)
-                   for r, ms in zip(results, lat)]
-        out.append(summarise(f"static:{k}", "static", "derived", examples, results, L, None, flops_of(results)))
-    return out
+    if cfg.baselines:
+        for k in range(1, record.num_layers + 1):
+            sim = sw.simulate(record, sw.StaticPolicy(k))
+            ms = sw.simulated_latency_ms(sim.exit_layer, other_ms, layer_ms)
+            res = sw.question_results(record, sim, examples, ms, [0.0] * len(examples))
+            res = [replace(r, flops=float(configs[0].flops(ex, r))) for r, ex in zip(res, examples)]
+            out.append((summarise(f"static:{k}", "static", "simulated", examples, res, record.num_layers, None), ms))
+    points: List[SweepPoint] = []
+    if settings:
+        measured = {c.name[len("front "):]: (rows[i].latency.mean_ms, rows[i].metrics["f1"])
+                    for i, c in enumerate(configs) if c.kind == "front"}
+        points = sw.sweep_points(settings, other_ms, layer_ms, measured)
+    return out, points
 
 
-def _recorded_na_prob(recorded, qi: int, layers: Tuple[int, ...]) -> float:
-    from elma.runtime.spans import decode_answer
+def _with_ratios(cfg: BenchConfig, configs: List[Configuration], paired: List[np.ndarray], rows: List[ConfigResult],
+                 simulated: List[Tuple[ConfigResult, np.ndarray]], notes: List[str]):
+    """Every row's speed-up against the fused graph (else the chain) and the chain, with bootstrap intervals.
+    ``paired``: per configuration, per question latency averaged over the rounds. Returns (reference name, rows,
+    simulated rows)."""
+    kinds = [c.kind for c in configs]
+    refs = [k for k in ("fused", "chain") if k in kinds]
+    if cfg.baselines and "fused" not in refs:
+        notes.append(f"no fused graph row: ratios are against the {CHAIN}")
 
-    q = recorded.questions[qi]
-    starts = [lg[layer - 1, 0] for lg, layer in zip(q.logits, layers)]
-    ends = [lg[layer - 1, 1] for lg, layer in zip(q.logits, layers)]
-    threshold = recorded.null_thresholds[max(layers) - 1] if recorded.null_thresholds else 0.0
-    span = decode_answer(q.example.context, starts, ends, q.offsets, threshold)
-    return na_prob(span.span_score - span.null_score, threshold)
+    def add(row: ConfigResult, ms: np.ndarray) -> ConfigResult:
+        return replace(row, ratios=[ratio_ci(paired[kinds.index(k)], ms, configs[kinds.index(k)].name,
+                                             cfg.bootstrap_resamples, cfg.seed) for k in refs])
 
-
-def _sweep(recorded, derived_ms, stage) -> List[SweepPoint]:
-    raw = []
-    for name in SWEEP_POLICIES:
-        stage(f"sweep: {name}")
-        for policy in recorded.grid(name):
-            exits = recorded.window_exits(policy)
-            s = recorded.score(policy.spec, exits)
-            raw.append((name, s, float(np.mean(derived_ms(exits)))))
-    front_layers = pareto_front([(s.mean_layers, s.f1) for _, s, _ in raw])
-    front_latency = pareto_front([(ms, s.f1) for _, s, ms in raw])
-    return [SweepPoint(name, s.spec, s.f1, s.exact, s.mean_layers, ms, s.unsolved_rate, fl, ft)
-            for (name, s, ms), fl, ft in zip(raw, front_layers, front_latency)]
-
-
-def _measure_front(rt, examples, points: List[SweepPoint], stage, progress: bool) -> List[SweepPoint]:
-    """A timed pass for each distinct (mean layers, F1) setting on the F1-vs-layers front: measured next to derived."""
-    from dataclasses import replace
-
-    from elma.runtime.policies import parse_policy
-
-    gold = {ex.qid: ex.answer_texts for ex in examples}
-    done: Dict[Tuple[float, float], Tuple[float, float]] = {}
-    out = []
-    for p in points:
-        key = (p.mean_layers, p.f1)
-        if p.pareto_layers and key not in done:
-            stage(f"sweep: timing front point {p.spec}")
-            results, _ = timed_pass(rt, examples, parse_policy(p.spec), p.spec, progress)
-            f1 = float(squad_v2_scores(gold, {r.qid: r.prediction for r in results})["f1"])
-            done[key] = (float(np.mean([r.latency_ms for r in results])), f1)
-        if p.pareto_layers:
-            p = replace(p, measured_latency_ms=done[key][0], measured_f1=done[key][1])
-        out.append(p)
-    return out
-
-
-def _measured_baselines(cfg: BenchConfig, rt, examples, lengths, hidden: int, ffn: int, stage, notes: List[str]) -> List[ConfigResult]:
-    from elma.bench import baselines as bl
-
-    out = []
-    L = rt.num_layers
-    full_flops = [question_flops(t, (L,) * len(t), hidden, ffn) for t in lengths]
-    bundle = getattr(rt.backend, "bundle", None)
-    if bundle is not None:
-        stage("baseline: fused ONNX graph")
-        try:
-            results, wall, providers = bl.fused_pass(rt, bundle, examples)
-            notes.append(f"fused ONNX graph run by onnxruntime with {', '.join(providers)}")
-            out.append(summarise("fused ONNX graph, full depth", "fused", "measured", examples, results, L, wall, full_flops))
-        except ImportError as err:
-            notes.append(f"fused ONNX baseline skipped: {err}")
-    else:
-        notes.append("fused ONNX baseline skipped: the model is not a bundle")
-    torch_model = cfg.torch_model or (cfg.model if rt.info.kind == "model" else None)
-    if torch_model:
-        stage("baseline: PyTorch eager")
-        try:
-            results, wall = bl.torch_eager_pass(torch_model, rt, examples)
-            out.append(summarise("PyTorch eager, full depth (last exit)", "torch-eager", "measured", examples, results, L,
-                                 wall, full_flops))
-        except ImportError as err:
-            notes.append(f"PyTorch eager baseline skipped: {err}")
-    else:
-        notes.append("PyTorch eager baseline skipped: a bundle holds no PyTorch weights (pass --torch-model MODEL_FOLDER)")
-    if cfg.hf_qa:
-        stage("baseline: transformers AutoModelForQuestionAnswering")
-        try:
-            results, wall, flops = bl.hf_qa_pass(cfg.hf_qa, rt, examples)
-            out.append(summarise(f"transformers QA {Path(cfg.hf_qa).name}, PyTorch eager", "hf-qa", "measured", examples,
-                                 results, max(r.exit_layer for r in results), wall, flops))
-        except ImportError as err:
-            notes.append(f"transformers QA baseline skipped: {err}")
-    else:
-        notes.append("no transformers AutoModelForQuestionAnswering baseline: pass --hf-qa CHECKPOINT (an ELMA model "
-                     "is multi-exit, not an HF QA checkpoint)")
-    return out
+    reference = configs[kinds.index(refs[0])].name if refs else ""
+    return reference, [add(r, ms) for r, ms in zip(rows, paired)], [add(r, ms) for r, ms in simulated]

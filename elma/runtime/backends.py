@@ -6,6 +6,10 @@
     select_rows(hidden, rows, width)        -> the rows that run on, cut to ``width`` tokens
     select_tokens(hidden, rows, index)      -> the rows that run on, with the tokens skimming kept
 
+and, for the full-depth baseline a benchmark compares against, the whole model in one call:
+
+    run_fused(input_ids, attention_mask, token_type_ids) -> last exit's (start_logits, end_logits), (B, T) float32
+
 Slots are 0-based. Ids and masks are int32 numpy arrays (what the bundle's
 graphs and TensorRT 8.x engines take). The loop, the exit policy and span
 decoding live in ``elma.runtime.engine``; a backend only runs graphs.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -58,6 +63,21 @@ class Backend:
 
     def run_exit(self, slot: int, hidden: np.ndarray, attention_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def run_fused(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                  token_type_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The whole model at full depth in one call (the bundle's fused graph): the last exit's logits.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (B, T) int32.
+
+        Returns:
+            (start_logits, end_logits), each (B, T) float32.
+
+        Raises:
+            NotImplementedError: this backend has no fused graph (the message names the backend).
+        """
+        raise NotImplementedError(f"the {self.name} backend ({type(self).__name__}) cannot run the fused graph")
 
     def select_rows(self, hidden, rows: Sequence[int], width: int):
         """The hidden state of ``rows`` only, cut to the first ``width`` tokens (rows that exited leave the batch)."""
@@ -205,6 +225,10 @@ class OrtBackend(Backend):
                 except Exception as err:  # onnxruntime raises its own exception types
                     raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({err}); re-export the bundle") from err
         self._embed = self._sessions[bundle.embeddings]
+        self._session_setup = (ort, so, entries)  # for the fused graph, loaded on first use
+        self._fused = None
+        self._fused_dtypes: Dict[str, type] = {}
+        self._fused_lock = threading.Lock()
         self._layers = [self._sessions[p] for p in bundle.layers]
         self._exits = [self._sessions[p] for p in bundle.exits]
         logger.info("onnxruntime %s: %d sessions for %d slots, providers %s", ort.__version__, len(self._sessions),
@@ -224,10 +248,33 @@ class OrtBackend(Backend):
         start, end = self._exits[slot].run(None, {"hidden_states": hidden, "attention_mask": attention_mask})
         return start, end
 
+    def run_fused(self, input_ids, attention_mask, token_type_ids):
+        """``fused.onnx`` in one session with the same options and providers as the per-layer sessions (loaded on
+        first call, so a runtime that never runs it does not hold it)."""
+        session = self._fused_session()
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        start, end = session.run(None, {k: np.asarray(v, dtype=self._fused_dtypes[k]) for k, v in feeds.items()
+                                        if k in self._fused_dtypes})
+        return np.asarray(start, dtype=np.float32), np.asarray(end, dtype=np.float32)
+
+    def _fused_session(self):
+        with self._fused_lock:
+            if self._fused is None:
+                ort, so, entries = self._session_setup
+                path = self.bundle.fused
+                try:
+                    self._fused = ort.InferenceSession(str(path), so, providers=entries)
+                except Exception as err:  # onnxruntime raises its own exception types
+                    raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({err}); re-export the bundle") from err
+                self._fused_dtypes = {i.name: (np.int32 if "int32" in i.type else np.int64)
+                                      for i in self._fused.get_inputs()}
+            return self._fused
+
     def describe(self) -> str:
         return f"onnxruntime ({','.join(p.replace('ExecutionProvider', '') for p in self.providers)})"
 
     def close(self) -> None:
+        self._fused = None
         self._sessions.clear()
         self._layers = []
         self._exits = []
@@ -258,6 +305,7 @@ class TorchBackend(Backend):
         self.device = device
         self.num_layers = self.steps.num_layers
         self.model_dir = folder
+        self._fused = None
 
     def _t(self, array: np.ndarray):
         return self._torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -276,6 +324,15 @@ class TorchBackend(Backend):
     def run_exit(self, slot, hidden, attention_mask):
         with self._torch.inference_mode():
             start, end = self.steps.exits[slot](self._t(hidden), self._t(attention_mask.astype(np.int64)))
+            return start.float().cpu().numpy(), end.float().cpu().numpy()
+
+    def run_fused(self, input_ids, attention_mask, token_type_ids):
+        """The full forward (embeddings, every layer, the last exit head) in one module call."""
+        if self._fused is None:
+            self._fused = self.steps.fused()
+        with self._torch.inference_mode():
+            start, end = self._fused(self._t(input_ids.astype(np.int64)), self._t(attention_mask.astype(np.int64)),
+                                     self._t(token_type_ids.astype(np.int64)))
             return start.float().cpu().numpy(), end.float().cpu().numpy()
 
     def describe(self) -> str:

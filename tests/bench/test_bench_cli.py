@@ -108,10 +108,10 @@ def test_baselines_static_at_every_layer_and_full_depth_agree(full_run):
     by_name = {b["name"]: b for b in report["baselines"]}
     L = report["num_layers"]
     for k in range(1, L + 1):
-        assert by_name[f"static:{k}"]["mean_exit_layer"] == k and by_name[f"static:{k}"]["latency_source"] == "derived"
+        assert by_name[f"static:{k}"]["mean_exit_layer"] == k and by_name[f"static:{k}"]["latency_source"] == "simulated"
     full = by_name["per-layer chain, full depth"]["metrics"]
-    for name in ("fused ONNX graph, full depth", "PyTorch eager, full depth (last exit)", f"static:{L}"):
-        assert by_name[name]["latency_source"] == ("derived" if name.startswith("static") else "measured")
+    for name in ("fused graph fp32", "PyTorch eager, full depth (last exit)", f"static:{L}"):
+        assert by_name[name]["latency_source"] == ("simulated" if name.startswith("static") else "measured")
         assert by_name[name]["metrics"]["f1"] == pytest.approx(full["f1"]), name
         assert by_name[name]["mean_exit_layer"] == L
 
@@ -148,7 +148,7 @@ def test_roofline_rows(full_run):
     roof = full_run[2]["roofline"]
     assert roof["peak"]["gflops_per_s"] > 0 and roof["ffn_size_source"] == "config.json"
     names = [r["name"] for r in roof["rows"]]
-    assert names[0].startswith("policy ") and "fused ONNX graph, full depth" in names
+    assert names[0].startswith("policy ") and "fused graph fp32" in names
     for r in roof["rows"]:
         assert r["latency_bound_ms"] > 0 and r["distance_x"] == pytest.approx(r["mean_latency_ms"] / r["latency_bound_ms"])
 
@@ -171,7 +171,8 @@ def _bad(tmp_path, payload):
     return path
 
 
-BAD_CASES = ["missing", "not-json", "not-squad", "empty", "bad-policy", "bad-limit", "front-without-sweep", "no-model"]
+BAD_CASES = ["missing", "not-json", "not-squad", "empty", "bad-policy", "bad-limit", "front-without-sweep", "no-model",
+             "compare-not-a-bundle", "bad-bootstrap"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -191,6 +192,10 @@ def test_bad_input_exits_2_without_report(case, tiny_bundles, data, tmp_path, ca
         extra = ["--limit", "0"]
     elif case == "front-without-sweep":
         extra = ["--measure-front"]
+    elif case == "compare-not-a-bundle":
+        extra = ["--compare", str(tmp_path)]
+    elif case == "bad-bootstrap":
+        extra = ["--bootstrap", "0"]
     else:
         bundle = str(tmp_path / "no-bundle")
     report_dir = tmp_path / "report"
@@ -243,9 +248,10 @@ def test_model_folder_runs_on_torch_with_its_eager_baseline(tiny_bundles, data, 
                  "--no-progress", "--report-dir", str(tmp_path / "r")]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["model_kind"] == "model" and report["backend"].startswith("torch")
-    kinds = {b["kind"] for b in report["baselines"]}
-    assert "torch-eager" in kinds and "fused" not in kinds
-    assert any("not a bundle" in n for n in report["notes"])
+    by_kind = {b["kind"]: b for b in report["baselines"]}
+    assert {"torch-eager", "fused", "chain"} <= set(by_kind)
+    assert by_kind["fused"]["name"] == "fused graph torch", "a model folder's fused row is torch's full forward"
+    assert by_kind["fused"]["metrics"]["f1"] == pytest.approx(by_kind["chain"]["metrics"]["f1"])
 
 
 class ConstantMeter:
@@ -290,3 +296,51 @@ def test_energy_window_per_timed_pass(tiny_bundles, data, tmp_path):
     write_report(run, tmp_path / "r")
     saved = json.loads((tmp_path / "r" / "report.json").read_text())["energy"]
     assert saved["mean_power_mw"] == pytest.approx([5000.0, 5000.0]) and saved["windows"][0]["key"] == "pass-1"
+
+
+# ---- side by side: --compare, ratios with intervals, the source model found from the manifest -------------------
+
+
+@pytest.fixture(scope="module")
+def compare_run(tiny_bundles, data, tmp_path_factory):
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("compare")
+    argv = [str(tiny_bundles.bundle("bert")), "--data", str(data), "--policy", "static:2", "--limit", "6",
+            "--warmup", "1", "--compare", str(tiny_bundles.bundle("bert", "int8")), "--bootstrap", "300",
+            "--report-dir", str(out / "r"), "--no-progress"]
+    assert main(argv) == 0
+    return out / "r", json.loads((out / "r" / "report.json").read_text())
+
+
+def test_every_row_has_its_ratio_against_the_fused_graph_with_an_interval(compare_run):
+    _, report = compare_run
+    rows = [report["result"], *report["baselines"]]
+    kinds = [r["kind"] for r in rows]
+    for kind in ("policy", "chain", "fused", "chain-every-exit", "compare-fused", "compare-policy", "torch-eager", "static"):
+        assert kind in kinds, kind
+    assert report["reference"] == "fused graph fp32" and report["interleaved"] is True
+    for r in rows:
+        fused, chain = r["ratios"]
+        assert fused["reference"] == "fused graph fp32" and chain["reference"] == "per-layer chain, full depth"
+        assert fused["low"] <= fused["ratio"] <= fused["high"] and fused["resamples"] == 300
+        assert r["latency_source"] == ("simulated" if r["kind"] == "static" else "measured")
+    by_kind = {r["kind"]: r for r in rows}
+    assert by_kind["fused"]["ratios"][0]["ratio"] == by_kind["fused"]["ratios"][0]["low"] == 1.0
+    assert by_kind["compare-fused"]["name"].startswith("fused graph int8")
+    assert by_kind["compare-policy"]["mean_exit_layer"] == 2, "the chosen policy on the other bundle too"
+    fused_ms, policy_ms = by_kind["fused"]["latency"]["mean_ms"], by_kind["policy"]["latency"]["mean_ms"]
+    assert by_kind["policy"]["ratios"][0]["ratio"] == pytest.approx(fused_ms / policy_ms)
+
+
+def test_eager_model_is_the_one_the_manifest_records(compare_run):
+    _, report = compare_run
+    assert any(r["kind"] == "torch-eager" for r in report["baselines"])
+    assert any("manifest records" in n for n in report["notes"])
+
+
+def test_side_by_side_table_and_memory_in_the_report(compare_run):
+    report_dir, report = compare_run
+    md = (report_dir / "report.md").read_text()
+    assert "## Side by side" in md and "[95% CI]" in md and "| simulated |" in md and "## Memory" in md
+    assert set(report["peak_rss_stages_mb"]) == {"loaded", "recorded", "timed", "end"}
+    assert 0 < report["sweep_record_bytes"] < 2000 * report["questions"]
