@@ -77,9 +77,9 @@ def measure(rt, examples, policies, warmup: int, fused: bool) -> dict:
     """Round-robin over the questions: every policy, then the fused graph; one dict of results."""
     cases = {spec: (lambda e, pol=pol: rt.ask(e.question, e.context, policy=pol)) for spec, pol in policies.items()}
     if fused:
-        from elma.bench.baselines import fused_answerer
+        from elma.bench.configs import FusedConfig
 
-        cases["fused"], _ = fused_answerer(rt, rt.backend.bundle)
+        cases["fused"] = FusedConfig(rt, "fused").answer  # Backend.run_fused: the bundle's fused graph
     for e in examples[:warmup]:
         for fn in cases.values():
             fn(e)

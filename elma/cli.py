@@ -381,7 +381,9 @@ def _add_calibrate(sub) -> None:
                         "the p-values (default: 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split by article (default: 0)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="questions per recording batch (default 1: ONNX Runtime keeps each session's arena at the "
+                        "largest batch it saw, so larger batches grow memory by GBs on a large set)")
     p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
     _add_overwrite(p, "a calibration the bundle already has")
     p.set_defaults(func=cmd_calibrate)
