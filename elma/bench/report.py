@@ -62,7 +62,8 @@ def markdown(report: BenchReport) -> str:
     r = report.result
     lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
              f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
-             f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms; peak resident "
+             f"{report.backend}, policy `{report.policy}` ({report.policy_source or 'requested'}); "
+             f"model load {report.model_load_ms:.0f} ms; peak resident "
              f"memory {_mib(report.peak_rss_mb)} after the timed passes, {_mib(report.peak_rss_end_mb)} at the end of "
              f"the run (baselines, recorded logits).", "", "## Official SQuAD 2.0 metrics (chosen policy)", ""]
     lines += _table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in r.metrics.items()])

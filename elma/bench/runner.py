@@ -190,6 +190,7 @@ class BenchReport:
     roofline: Optional[Roofline] = None
     energy: Optional[EnergyStats] = None  # with a power source
     notes: List[str] = field(default_factory=list)  # what was skipped and why
+    policy_source: str = ""  # where ``policy`` came from: "calibrated default", "no calibrated default", "requested"
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -487,7 +488,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         roof = Roofline(peak, hidden, ffn, ffn_source, float(np.mean([t for ts in lengths for t in ts])), rows)
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
                              len(examples), sum(len(t) for t in lengths), load_ms, rss_timed, peak_rss_mb(), result, repeats,
-                             baselines, sweep, roof, energy, notes)
+                             baselines, sweep, roof, energy, notes, rt.policy_source)
     return BenchRun(report, {r.qid: r.prediction for r in first}, {r.qid: r.na_prob for r in first}, first)
 
 
