@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_PRECISION = "fp32"  # answers as the torch reference does (within 1e-4): the calibrated policy holds
 CACHE_OPSET = 17
+EXPORT_MODULES = ("torch", "transformers", "onnx", "onnxruntime")  # the export extra, found without importing it
 POLICY_KEYS = ("default_policy", "calibration")  # config.json keys that do not change the bundle's graphs
 Notify = Callable[[str], None]
 
@@ -109,6 +111,9 @@ def ensure_bundle(model_dir: Union[str, os.PathLike], root: Optional[Path] = Non
     entry = root / fingerprint
     if (entry / "manifest.json").is_file():
         return CachedBundle(entry, fingerprint, None)
+    missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]  # before saying anything
+    if missing:
+        raise ExportError(f"exporting needs {', '.join(missing)}: pip install 'elma[export]'")
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root, fingerprint, exclusive=True):
         if (entry / "manifest.json").is_file():  # another process exported it while we waited
