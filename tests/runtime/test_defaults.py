@@ -194,3 +194,15 @@ def test_elma_demo_runs_the_default(calibrated, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[1:4]] == ["exit 1", "exit 2", "exit 3"]
     assert lines[-1].startswith(f"policy {SPEC} (calibrated default): stops after exit 2 of 3: ")
+
+
+def test_elma_energy_runs_the_default_in_its_early_exit_pass(calibrated, tmp_path, capsys):
+    from elma.power.energy_cli import main
+
+    _, bundle = calibrated
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(squad_payload(copies=1)))
+    assert main([str(bundle), "--data", str(data), "--source", "null", "--limit", "3", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"early pass, policy {SPEC} (calibrated default): 3 questions, mean exit layer 2.00/3" in out
+    assert "full pass, policy none (requested): 3 questions, mean exit layer 3.00/3" in out
