@@ -79,6 +79,8 @@ def model_fingerprint(model_dir: Union[str, os.PathLike]) -> str:
     from elma.runtime.filehash import sha256_memo, sha256_of
 
     folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder}: neither a bundle (manifest.json) nor an ELMA model folder (config.json)")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         weights = sha256_memo(folder / "model.safetensors")

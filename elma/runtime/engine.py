@@ -206,8 +206,9 @@ class Runtime:
             try:
                 self.policy = self.resolve_policy(info.default_policy)
             except ValueError as err:
-                raise BundleError(f"{info.path}: calibrated default policy {info.default_policy!r} is not usable "
-                                  f"({err}); run `elma calibrate` again") from err
+                error = BundleError if info.kind == "bundle" else ModelLoadError
+                raise error(f"{info.path}: calibrated default policy {info.default_policy!r} is not usable "
+                            f"({err}); run `elma calibrate` again") from err
         self._tokenizer_lock = threading.Lock()
         self._backend_lock = None if backend.thread_safe else threading.Lock()
 

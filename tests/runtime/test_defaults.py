@@ -206,3 +206,14 @@ def test_elma_energy_runs_the_default_in_its_early_exit_pass(calibrated, tmp_pat
     out = capsys.readouterr().out
     assert f"early pass, policy {SPEC} (calibrated default): 3 questions, mean exit layer 2.00/3" in out
     assert "full pass, policy none (requested): 3 questions, mean exit layer 3.00/3" in out
+
+
+def test_an_unusable_default_in_a_folder_is_a_model_error_unless_a_policy_is_given(tiny_bundles, tmp_path):
+    folder = shutil.copytree(tiny_bundles.model("bert"), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["elma"]["default_policy"] = "static:9"  # by hand: write_default_policy refuses it
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="run `elma calibrate` again"):
+        Runtime.open(folder)
+    with Runtime.open(folder, policy="none") as rt:
+        assert rt.ask(QUESTION, CONTEXT).exit_layer == 3
