@@ -116,7 +116,11 @@ def ensure_bundle(model_dir: Union[str, os.PathLike], root: Optional[Path] = Non
     missing = [m for m in EXPORT_MODULES if importlib.util.find_spec(m) is None]  # before saying anything
     if missing:
         raise ExportError(f"exporting needs {', '.join(missing)}: pip install 'elma[export]'")
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create the bundle cache {root} ({err.strerror}); set ELMA_CACHE_DIR to a "
+                          f"writable folder") from err
     with _locked(root, fingerprint, exclusive=True):
         if (entry / "manifest.json").is_file():  # another process exported it while we waited
             return CachedBundle(entry, fingerprint, None)
@@ -124,7 +128,7 @@ def ensure_bundle(model_dir: Union[str, os.PathLike], root: Optional[Path] = Non
         if entry.exists():  # a folder without a manifest: not ours to trust
             _move_aside_and_remove(entry)
         (notify or logger.info)(f"first use of {folder}: exporting it once to an ONNX bundle in {entry} "
-                                f"(about half a minute); later calls start without PyTorch")
+                                f"(tens of seconds); later calls start without PyTorch")
         began = time.perf_counter()
         _export(folder, entry)
         exported_s = time.perf_counter() - began
@@ -186,20 +190,25 @@ def _export(folder: Path, entry: Path) -> None:
             export_bundle(folder, entry, ExportConfig(precision=CACHE_PRECISION, opset=CACHE_OPSET))
     except ImportError as err:
         raise ExportError(f"exporting needs the export extra ({err.name or err}): pip install 'elma[export]'") from err
-    except ExportError:
+    except ElmaError:  # ExportError, ModelLoadError: already one line that says what to do
         raise
-    except ElmaError:
-        raise
-    except (RuntimeError, ValueError, OSError) as err:
+    except (RuntimeError, ValueError, OSError) as err:  # torch.onnx and onnxruntime failures
         raise ExportError(f"exporting {folder} failed: {' '.join(str(err).split())[:300]}") from err
 
 
 @contextlib.contextmanager
 def _locked(root: Path, fingerprint: str, exclusive: bool) -> Iterator[None]:
-    if fcntl is None:
+    try:
+        f = open(root / f"{fingerprint}.lock", "a+b") if fcntl is not None else None
+    except OSError as err:
+        if exclusive:  # writing an entry needs the lock
+            raise ExportError(f"cannot write the bundle cache {root} ({err.strerror}); set ELMA_CACHE_DIR to a "
+                              f"writable folder") from err
+        f = None  # a read-only cache: readers only, no exporter to wait for
+    if f is None:
         yield
         return
-    with open(root / f"{fingerprint}.lock", "a+b") as f:
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
             yield

@@ -144,3 +144,12 @@ def test_without_the_export_extra_elma_ask_falls_back_to_torch_with_one_note(fol
     assert not list((tmp_path / "cache").glob("bundles/*/manifest.json")), "nothing is cached"
     proc = python(block + ASK, *argv, "--backend", "onnxruntime", cache=tmp_path / "cache")
     assert proc.returncode == 3 and "elma[export]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_cache_that_cannot_be_written_is_an_export_error(folder, tmp_path):
+    from elma.errors import ExportError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError, match="set ELMA_CACHE_DIR"):
+        ensure_bundle(folder, blocker / "bundles")  # elma-ask then answers with torch, after a note
