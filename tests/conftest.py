@@ -49,15 +49,13 @@ def make_wordpiece_tokenizer():
     return tok
 
 
-@pytest.fixture(scope="session")
-def _session_cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("elma-cache")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_dir(_session_cache_dir, monkeypatch):
-    """Keep the ELMA cache (cached bundles, file-hash memos) of the tests, subprocesses included, out of ~/.cache."""
-    monkeypatch.setenv("ELMA_CACHE_DIR", str(_session_cache_dir))
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Keep the ELMA cache (cached bundles, file-hash memos) of the tests, subprocesses and module fixtures
+    included, out of ~/.cache (session scope: set before any other fixture runs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ELMA_CACHE_DIR", str(tmp_path_factory.mktemp("elma-cache")))
+        yield
 
 
 @pytest.fixture
