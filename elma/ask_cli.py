@@ -7,6 +7,12 @@
     elma-ask "..." --context-file p.txt --json --policy entropy:0.4,0.4 --backend onnxruntime --model BUNDLE
     elma-ask "..." --context-file p.txt --server http://10.0.0.2:8000 --token-file device.token --deadline-ms 300
 
+Without ``--policy`` the model's calibrated default policy runs (``none``, full depth, when it has none); the
+output says which policy ran, where it came from and which backend answered. A model folder (the shipped
+reference model is one) is exported once to an ONNX bundle cached under ``~/.cache/elma/bundles`` and answered
+with ONNX Runtime from then on, without importing torch (``elma.runtime.bundle_cache``); ``--backend torch``
+runs the folder with PyTorch instead, and so does a machine without the export extra (with a one-line note).
+
 With ``--server``, an unsolved question goes to the offload server (full-depth
 model) within ``--deadline-ms``; past it the local answer is printed, marked
 deferred, and the question stays queued for ``elma sync --upload`` (interactive
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from elma.cli_exit import EXIT_OK, UsageError, run_reported
-from elma.errors import ElmaError
+from elma.errors import BundleError, ElmaError
 
 PROG = "elma-ask"
 MAX_CONTEXT_BYTES = 1_000_000  # 1 MB of UTF-8: about 150k words, already thousands of windows on a Jetson
@@ -51,13 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--context", metavar="TEXT", help="the passage")
     src.add_argument("--context-file", metavar="FILE", help="file holding the passage ('-' for standard input)")
     p.add_argument("-i", "--interactive", action="store_true", help="ask many questions about one passage")
-    p.add_argument("--model", metavar="PATH", help="bundle folder (or an ELMA model folder, run with the torch backend); "
-                   "default: $ELMA_MODEL, else MODELS_DIR/current (elma update), else a bundle under models/, else the "
-                   "shipped reference model")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
+    p.add_argument("--model", metavar="PATH", help="bundle folder, or an ELMA model folder (exported once to a cached "
+                   "ONNX bundle); default: $ELMA_MODEL, else MODELS_DIR/current (elma update), else a bundle under "
+                   "models/, else the shipped reference model")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime (a model folder through its cached "
+                   "bundle); torch runs a model folder with PyTorch")
     p.add_argument("--policy", metavar="SPEC", help="exit policy, e.g. entropy:0.4,0.4, maxprob:0.9, patience:2, "
-                   "similarity:bikl,0.05,2, static:3, none (default: the bundle's calibrated policy, else none); "
-                   "+skim:LAYER,THRESHOLD drops unlikely context tokens after LAYER, e.g. entropy:0.4,0.4+skim:2,0.001")
+                   "similarity:bikl,0.05,2, static:3; none forces full depth (default: the model's calibrated "
+                   "default policy, else none); +skim:LAYER,THRESHOLD drops unlikely context tokens after LAYER, "
+                   "e.g. entropy:0.4,0.4+skim:2,0.001")
     p.add_argument("--max-layer", type=int, metavar="N", help="last layer allowed; unconfident by then = 'unsolved'")
     p.add_argument("--json", action="store_true", help="one JSON object per answer")
     p.add_argument("--server", metavar="URL", help="offload server for unsolved questions, e.g. http://10.0.0.2:8000")
@@ -124,25 +132,29 @@ def read_context(args, stdin) -> str:
     return decode_context(raw, "standard input")
 
 
-def answer_json(question: str, answer) -> str:
-    record = {"question": question, **answer.to_dict()}
+def answer_json(question: str, answer, backend: str = "") -> str:
+    record = {"question": question, **answer.to_dict(), "backend": backend}
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     return json.dumps(record, ensure_ascii=False)
 
 
-def answer_text(answer) -> str:
+def answer_text(answer, backend: str = "") -> str:
+    from elma.runtime.defaults import describe_policy
+
     head = f"Answer: {answer.text}" if not answer.no_answer else "No answer in the passage."
-    detail = (f"  exit layer {answer.exit_layer}/{answer.num_layers}, {answer.latency_ms:.1f} ms "
-              f"(policy {answer.policy})")
+    detail = (f"  exit layer {answer.exit_layer}/{answer.num_layers}, {answer.latency_ms:.1f} ms; "
+              f"policy {describe_policy(answer.policy, answer.policy_source)}")
+    if backend:
+        detail += f"; backend {backend}"
     if answer.unsolved:
         detail += "; unsolved: no exit was confident"
     return f"{head}\n{detail}"
 
 
-def offload_json(question: str, result) -> str:
+def offload_json(question: str, result, backend: str = "") -> str:
     """The local answer's fields, with text/no_answer of the answer given and where it came from."""
     local = result.local
-    record = {"question": question, **local.to_dict(), "text": result.text, "no_answer": result.no_answer,
+    record = {"question": question, **local.to_dict(), "backend": backend, "text": result.text, "no_answer": result.no_answer,
               "local_text": local.text, "offloaded": result.offloaded, "deferred": result.deferred,
               "offload_reason": result.reason, "record_id": result.record_id, "offload_ms": result.offload_ms,
               "latency_ms": result.latency_ms}
@@ -150,9 +162,9 @@ def offload_json(question: str, result) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def offload_text(result) -> str:
+def offload_text(result, backend: str = "") -> str:
     head = f"Answer: {result.text}" if not result.no_answer else "No answer in the passage."
-    text = f"{head}\n{answer_text(result.local).splitlines()[1]}"
+    text = f"{head}\n{answer_text(result.local, backend).splitlines()[1]}"
     if result.offloaded:
         text += f"\n  offloaded ({result.reason}): the server's full-depth answer, {result.offload_ms:.1f} ms"
     elif result.deferred:
@@ -160,16 +172,16 @@ def offload_text(result) -> str:
     return text
 
 
-def _ask(rt, question: str, context: str, args, out, offload=None) -> None:
+def _ask(rt, question: str, context: str, args, out, offload=None, backend: str = "") -> None:
     try:
         if offload is not None:
             result = offload.ask(rt, question, context, max_layer=args.max_layer)
-            print(offload_json(question, result) if args.json else offload_text(result), file=out)
+            print(offload_json(question, result, backend) if args.json else offload_text(result, backend), file=out)
             return
         answer = rt.ask(question, context, max_layer=args.max_layer)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    print(answer_json(question, answer) if args.json else answer_text(answer), file=out)
+    print(answer_json(question, answer, backend) if args.json else answer_text(answer, backend), file=out)
 
 
 def open_offload(args):
@@ -215,7 +227,8 @@ class FollowCurrent:
         return self.rt
 
 
-def interactive(rt, context: str, args, stdin, out, offload=None, follow: Optional[FollowCurrent] = None) -> None:
+def interactive(rt, context: str, args, stdin, out, offload=None, backend: str = "",
+                follow: Optional[FollowCurrent] = None) -> None:
     """Read questions until EOF or an empty line; bad questions are reported and skipped. With ``follow``, each
     question goes to the release current at the time it is asked."""
     if stdin.isatty():
@@ -239,7 +252,7 @@ def interactive(rt, context: str, args, stdin, out, offload=None, follow: Option
         if follow is not None:
             rt = follow.get()
         try:
-            _ask(rt, question, context, args, out, offload)
+            _ask(rt, question, context, args, out, offload, backend)
         except UsageError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
 
@@ -273,21 +286,10 @@ def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) 
     model = Path(args.model) if args.model else find_default_model()
     if not model.exists():
         raise ElmaError(f"{model}: no such model or bundle; pass --model BUNDLE (create one with `elma export`)")
-    from elma.runtime.engine import Runtime, is_bundle
-
-    backend = args.backend
-    if backend is None and not is_bundle(model):
-        backend = "torch"
-        logging.getLogger(PROG).info("%s is a model folder, not a bundle: using the torch backend", model)
-    try:
-        rt = Runtime.open(model, backend=backend, policy=args.policy)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    except ImportError as err:
-        raise ElmaError(f"the {backend or 'onnxruntime'} backend cannot be imported here: {err}") from err
+    rt, backend = open_runtime(model, args.backend, args.policy)
     follow = None
     if want_interactive and args.model is None and model == _installed():
-        follow = FollowCurrent(model, lambda path: Runtime.open(path, backend=backend, policy=args.policy), rt)
+        follow = FollowCurrent(model, lambda path: open_runtime(path, args.backend, args.policy)[0], rt)
     with rt:
         if args.max_layer is not None and not 1 <= args.max_layer <= rt.num_layers:
             raise UsageError(f"--max-layer must be in 1..{rt.num_layers} (got {args.max_layer})")
@@ -298,14 +300,14 @@ def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) 
 
                 uploader = BackgroundUploader(offload).start()
             try:
-                interactive(rt, context, args, stdin, out, offload, follow)
+                interactive(rt, context, args, stdin, out, offload, backend, follow)
             finally:
                 if uploader is not None:
                     uploader.stop()
                 if follow is not None and follow.rt is not rt:
                     follow.rt.close()
         else:
-            _ask(rt, args.question, context, args, out, offload)
+            _ask(rt, args.question, context, args, out, offload, backend)
     return EXIT_OK
 
 
@@ -313,6 +315,35 @@ def _installed() -> Optional[Path]:
     from elma.paths import installed_model
 
     return installed_model()
+
+
+def open_runtime(model: Path, backend: Optional[str], policy: Optional[str]):
+    """(runtime, which backend answers) for ``model``: a bundle as it is; a model folder through its cached ONNX
+    bundle (``--backend`` onnxruntime or none), or with torch (``--backend torch``, or as the fallback, with a note)."""
+    from elma.errors import ExportError
+    from elma.runtime.engine import Runtime, is_bundle
+
+    def note(message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr)
+
+    try:
+        if not is_bundle(model) and model.is_dir() and backend in (None, "onnxruntime"):
+            from elma.runtime.bundle_cache import open_cached
+
+            try:
+                rt = open_cached(model, policy=policy, notify=note)
+                return rt, f"{rt.backend.describe()}, cached bundle of {model.name}"
+            except (ExportError, ImportError, BundleError) as err:
+                if backend == "onnxruntime":
+                    raise ElmaError(f"{model}: no ONNX bundle for onnxruntime: {' '.join(str(err).split())}") from err
+                note(f"note: answering with torch, slow to start ({' '.join(str(err).split())})")
+            backend = "torch"
+        rt = Runtime.open(model, backend=backend, policy=policy)
+        return rt, rt.backend.describe()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except ImportError as err:
+        raise ElmaError(f"the {backend or 'onnxruntime'} backend cannot be imported here: {err}") from err
 
 
 def main(argv: Optional[List[str]] = None, stdin=None, stdout=None) -> int:

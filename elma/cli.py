@@ -227,7 +227,23 @@ def cmd_demo(args) -> int:
         a = res.answers[0]
         shown = a.prediction or "(no answer)"
         print(f"exit {res.exit_layer}: {shown!s:40}  span score {a.span_score:6.2f}  null diff {a.null_score_diff:6.2f}")
+    print(_demo_policy_line(model, args))
     return 0
+
+
+def _demo_policy_line(model, args) -> str:
+    """Where the model's default policy (``elma.runtime.defaults``) stops on the demo question, and its answer."""
+    from elma.paths import default_model_dir
+    from elma.runtime.backends import TorchBackend
+    from elma.runtime.defaults import describe_policy
+    from elma.runtime.engine import Runtime, model_folder_info
+
+    folder = Path(args.model) if args.model else default_model_dir()
+    with Runtime(TorchBackend(folder, model=model), model_folder_info(folder)) as rt:
+        a = rt.ask(args.question, args.context)
+    shown = a.text or "(no answer)"
+    return (f"policy {describe_policy(a.policy, a.policy_source)}: stops after exit {a.exit_layer} of {a.num_layers}: "
+            f"{shown}")
 
 
 def _add_export(sub) -> None:

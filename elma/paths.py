@@ -27,3 +27,12 @@ def installed_model() -> Optional[Path]:
     so that a long-running reader can notice a new release)."""
     current = default_models_dir() / "current"
     return current if current.is_dir() else None
+
+
+def cache_dir() -> Path:
+    """Where ELMA caches what it can rebuild (exported bundles, file hashes): ``$ELMA_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/elma``, else ``~/.cache/elma``."""
+    if os.environ.get("ELMA_CACHE_DIR"):
+        return Path(os.environ["ELMA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "elma"

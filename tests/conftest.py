@@ -49,6 +49,15 @@ def make_wordpiece_tokenizer():
     return tok
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Keep the ELMA cache (cached bundles, file-hash memos) of the tests, subprocesses and module fixtures
+    included, out of ~/.cache (session scope: set before any other fixture runs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ELMA_CACHE_DIR", str(tmp_path_factory.mktemp("elma-cache")))
+        yield
+
+
 @pytest.fixture
 def wordpiece_tokenizer():
     return make_wordpiece_tokenizer()

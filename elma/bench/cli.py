@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "backend); default: as elma-ask (MODELS_DIR/current when elma update installed one)")
     p.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD 1.1/2.0 JSON with gold answers")
     p.add_argument("--policy", metavar="SPEC", help="exit policy (entropy:0.4,0.4, maxprob:0.9, patience:2, "
-                   "similarity:bikl,0.05,2, static:3, none); default: the bundle's calibrated policy, else none")
+                   "similarity:bikl,0.05,2, static:3; none forces full depth); default: the model's calibrated "
+                   "default policy (bundle manifest or model config.json), else none")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="interleaved rounds over the questions (spread "
@@ -121,8 +122,11 @@ def _config(args):
 
 
 def summary_line(report) -> str:
+    from elma.runtime.defaults import describe_policy
+
     r = report.result
-    return (f"{report.questions} questions, policy {report.policy}: EM {r.metrics['exact']:.2f} F1 {r.metrics['f1']:.2f}, "
+    policy = describe_policy(report.policy, report.policy_source)
+    return (f"{report.questions} questions, policy {policy}: EM {r.metrics['exact']:.2f} F1 {r.metrics['f1']:.2f}, "
             f"mean exit layer {r.mean_exit_layer:.2f}/{report.num_layers} (saving {100 * r.computation_saving:.1f}%), "
             f"latency mean {r.latency.mean_ms:.2f} ms p50 {r.latency.p50_ms:.2f} p90 {r.latency.p90_ms:.2f} "
             f"p99 {r.latency.p99_ms:.2f}, {r.throughput_qps:.2f} questions/s")

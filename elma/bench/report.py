@@ -100,7 +100,8 @@ def markdown(report: BenchReport) -> str:
     r = report.result
     lines = [f"# elma-bench: {Path(str(report.settings['model'])).name} on {Path(str(report.settings['data'])).name}", "",
              f"{report.questions} questions ({report.windows} windows), {report.num_layers} layers, backend "
-             f"{report.backend}, policy `{report.policy}`; model load {report.model_load_ms:.0f} ms; peak resident "
+             f"{report.backend}, policy `{report.policy}` ({report.policy_source or 'requested'}); "
+             f"model load {report.model_load_ms:.0f} ms; peak resident "
              f"memory {_mib(report.peak_rss_mb)} after the timed rounds, {_mib(report.peak_rss_end_mb)} at the end of "
              f"the run (ru_maxrss).", ""]
     if report.result.ratios or report.baselines:

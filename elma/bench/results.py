@@ -155,6 +155,7 @@ class BenchReport:
     reference: str = ""  # the configuration every ratio is taken against first (the fused graph when it ran)
     peak_rss_stages_mb: Dict[str, Optional[float]] = field(default_factory=dict)  # ru_maxrss after each stage
     sweep_record_bytes: int = 0  # what the sweep kept of the recorded exits (elma.bench.sweep.ExitRecord.nbytes)
+    policy_source: str = ""  # where ``policy`` came from: "calibrated default", "no calibrated default", "requested"
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)

@@ -254,7 +254,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         report = BenchReport(machine_info(), versions(), asdict(cfg), rt.info.kind, rt.backend.describe(), policy.spec, L,
                              len(examples), n_windows, load_ms, rss["timed"], rss["end"], result, repeats,
                              baselines, sweep_points, roof, energy, notes, True,
-                             reference, rss, record_bytes)
+                             reference, rss, record_bytes, rt.policy_source)
         policy_first = first[0]
     return BenchRun(report, {r.qid: r.prediction for r in policy_first}, {r.qid: r.na_prob for r in policy_first},
                     policy_first)

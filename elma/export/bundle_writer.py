@@ -290,6 +290,7 @@ def _manifest(model, model_dir: Path, model_config: dict, steps, config: ExportC
     num_layers = steps.num_layers
     backbone = Backbone.from_config(model_config)
     thresholds = list(model.exit_config.null_thresholds) or [0.0] * num_layers
+    weights_sha256 = sha256_file(model_dir / WEIGHTS_NAME)
     return {
         "format_version": FORMAT_VERSION,
         "backbone": {"model_type": backbone.model_type, "config_sha256": backbone.config_sha256},
@@ -313,13 +314,27 @@ def _manifest(model, model_dir: Path, model_config: dict, steps, config: ExportC
         "tokenizer": TOKENIZER_FILE,
         "io": {kind: spec.io_table(model.config.hidden_size) for kind, spec in SPECS.items()},
         "null_thresholds": [float(t) for t in thresholds],  # per exit, from the model (training-time calibration)
-        "exit_thresholds": None,  # exit-policy parameters, filled by `elma calibrate` (runtime)
+        # the model's calibrated default exit policy (config.json); `elma calibrate BUNDLE` replaces it
+        "exit_thresholds": _default_policy_entry(model_dir, model_config, weights_sha256),
         "engines": None,  # filled by `elma build-engines`
-        "source": {"model_folder": model_dir.name, "weights_sha256": sha256_file(model_dir / WEIGHTS_NAME)},
+        "source": {"model_folder": model_dir.name, "weights_sha256": weights_sha256},
         "created_by": {"elma": elma.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                        "exporter": config.exporter},
     }
+
+
+def _default_policy_entry(model_dir: Path, model_config: dict, weights_sha256: str):
+    """The model folder's calibrated default policy as the manifest's ``exit_thresholds`` (None if it has none)."""
+    from elma.runtime.defaults import from_model_config, manifest_entry
+
+    stored = from_model_config(model_config, model_dir, check_weights=False)
+    made_for = (stored.calibration or {}).get("weights_sha256")
+    if isinstance(made_for, str) and made_for != weights_sha256:
+        logger.warning("%s: its default policy %s was calibrated for other weights (%s...); the bundle gets none, "
+                       "run `elma calibrate` again", model_dir, stored.spec, made_for[:12])
+        return None
+    return manifest_entry(stored)
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:

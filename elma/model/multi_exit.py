@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,12 @@ class ExitConfig:
     # answer") added to CLS's start and end logits, so the null score reads it and exported graphs keep their
     # two outputs. Trained with the span loss and, in `elma train`, a binary loss on the has-answer label.
     answerability_head: bool = False
+    # Calibrated default exit policy, a spec such as "entropy:2.37305,1.40823" ("none": calibrated, full depth);
+    # None: not calibrated, the runtime runs full depth. Written by ``elma.runtime.defaults.write_default_policy``,
+    # read by ``elma.runtime.defaults.default_policy``; ``elma export`` carries it into the bundle manifest.
+    default_policy: Optional[str] = None
+    # How default_policy was certified (risk, delta, epsilon, n, data file, weights_sha256, ...); JSON values.
+    calibration: Optional[Dict[str, Any]] = None
 
 
 class ExitLogits(NamedTuple):

@@ -6,7 +6,8 @@
     client.upload_pending()                           # `elma sync --upload`
 
 **Decision** (``offload_reason``, pure): a question is offloaded when the
-runtime calls it ``unsolved`` (no exit confident by the last allowed layer), or,
+runtime calls it ``unsolved`` (no exit confident by the last allowed layer, under
+the runtime's policy: the model's calibrated default unless one was given), or,
 if ``OffloadConfig.offload_no_answer_above`` is set, when the verdict is
 no-answer but the best span came close (its score above that value).
 

@@ -4,7 +4,7 @@
     elma-energy bundles/minilm --data dev-v2.0.json --source keysight:TCPIP0::192.168.1.5::5025::SOCKET@1
 
 The power source is opened first; then the benchmark runner runs the early-exit pass (``--policy`` or the
-bundle's calibrated policy) and the full-depth pass (policy ``none``), one window per pass and per question
+model's calibrated default policy) and the full-depth pass (policy ``none``), one window per pass and per question
 (``elma.power.energy_run``). The report folder holds energy.json, samples.csv, energy.md and power.png.
 
 Exit codes, as ``elma-bench``'s: 0 done; 2 usage or input error (bad source specification, missing file, not
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DATA.json", help="SQuAD 1.1/2.0 JSON")
     p.add_argument("--source", required=True, metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--policy", metavar="SPEC", help="early-exit pass policy (entropy:0.4,0.4, maxprob:0.9, ...); "
-                   "default: the bundle's calibrated policy. The other pass always runs at full depth (none)")
+                   "default: the model's calibrated default policy. The other pass always runs at full depth (none)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime for bundles, torch for model folders")
     p.add_argument("--limit", type=int, metavar="N", help="first N questions of the file")
     p.add_argument("--warmup", type=int, default=8, metavar="N", help="questions answered untimed before each pass (default 8)")

@@ -96,6 +96,7 @@ class PassEnergy:
     rails: List[RailEnergy]
     layers: List[LayerEnergyEstimate]
     question_windows: List[QuestionEnergy]
+    policy_source: str = ""  # where the policy came from: "calibrated default", "no calibrated default", "requested"
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def pass_energy(name: str, run, trace: PowerTrace, num_layers: int) -> PassEnerg
         question_energy_mean_mj=statistics.mean(energies) if energies else None,
         question_energy_median_mj=statistics.median(energies) if energies else None,
         questions_measured=len(energies), rails=_rails(trace, window.start_s, window.end_s),
-        layers=layer_estimates(run.questions, [q.window for q in questions], num_layers), question_windows=questions)
+        layers=layer_estimates(run.questions, [q.window for q in questions], num_layers), question_windows=questions,
+        policy_source=report.policy_source)
 
 
 def _saving(early: Optional[float], full: Optional[float]) -> Optional[float]:
@@ -208,8 +210,8 @@ def _notes(run: EnergyRun, passes: List[PassEnergy], span: PowerTrace, has_total
     notes = []
     early, full = passes
     if early.policy == FULL_DEPTH_POLICY:
-        notes.append("the early-exit pass ran policy 'none' (full depth): the model has no calibrated policy; "
-                     "pass --policy SPEC or run `elma calibrate`, else the saving is only noise")
+        notes.append(f"the early-exit pass ran policy 'none' (full depth; {early.policy_source or 'requested'}): "
+                     f"pass --policy SPEC or run `elma calibrate`, else the saving is only noise")
     elif early.mean_exit_layer >= full.mean_exit_layer:
         notes.append(f"policy {early.policy} exited no earlier than full depth (mean exit layer "
                      f"{early.mean_exit_layer:.2f}): any energy difference between the passes is not from early exit")

@@ -53,7 +53,7 @@ def markdown(report: EnergyReport) -> str:
              "## Passes", ""]
     lines += _table(["pass", "policy", "questions", "mean exit layer", "F1", "energy mJ", "mJ/question (pass)",
                      "mJ/question mean", "mJ/question median", "mean mW", "peak mW", "coverage", "mean latency ms"],
-                    [[p.name, f"`{p.policy}`", p.questions, f"{p.mean_exit_layer:.2f}", f"{p.f1:.2f}",
+                    [[p.name, f"`{p.policy}` ({p.policy_source or 'requested'})", p.questions, f"{p.mean_exit_layer:.2f}", f"{p.f1:.2f}",
                       _fmt(p.window.energy_mj, ".1f"), _fmt(p.energy_per_question_mj, ".2f"),
                       _fmt(p.question_energy_mean_mj, ".2f"), _fmt(p.question_energy_median_mj, ".2f"),
                       _fmt(p.window.mean_power_mw, ".0f"), _fmt(p.window.peak_power_mw, ".0f"),
@@ -165,9 +165,12 @@ def write_energy_report(report: EnergyReport, run: EnergyRun, target: Path, over
 
 def summary_lines(report: EnergyReport) -> List[str]:
     """What the CLI prints: one line per pass, the saving, then the notes."""
+    from elma.runtime.defaults import describe_policy
+
     out = []
     for p in report.passes:
-        out.append(f"{p.name} pass, policy {p.policy}: {p.questions} questions, mean exit layer {p.mean_exit_layer:.2f}/"
+        policy = describe_policy(p.policy, p.policy_source)
+        out.append(f"{p.name} pass, policy {policy}: {p.questions} questions, mean exit layer {p.mean_exit_layer:.2f}/"
                    f"{report.num_layers}, F1 {p.f1:.2f}, energy {_fmt(p.window.energy_mj, '.1f', 'not measured')} mJ "
                    f"({_fmt(p.energy_per_question_mj, '.2f', '-')} mJ/question), mean power "
                    f"{_fmt(p.window.mean_power_mw, '.0f', '-')} mW, coverage {_fmt(p.window.coverage, '.1%', '-')}")

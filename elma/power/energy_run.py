@@ -2,7 +2,7 @@
 
 One ``PowerSampler`` runs from before the first model load to after the second pass. ``run_bench`` runs
 twice on it with fast settings (one timed pass, no sweep, no baselines): once with the early-exit policy
-(``--policy`` or the bundle's calibrated one), once at full depth (policy ``none``, the runtime's
+(``--policy`` or the model's calibrated default), once at full depth (policy ``none``, the runtime's
 ``NoExitPolicy``). The windows are measured afterwards from the whole trace (``elma.power.energy_figures``).
 """
 
@@ -29,7 +29,7 @@ class EnergyConfig:
     model: str  # bundle folder or ELMA model folder
     data: str  # SQuAD 1.1/2.0 JSON
     power: PowerConfig  # the source (``power.source``) and how it is sampled
-    policy: Optional[str] = None  # early-exit pass policy; None: the bundle's calibrated default
+    policy: Optional[str] = None  # early-exit pass policy; None: the model's calibrated default (elma.runtime.defaults)
     backend: Optional[str] = None  # onnxruntime (bundles, default), tensorrt, torch (model folders)
     limit: Optional[int] = None  # first N questions of the file; None: all
     warmup: int = 8  # questions answered untimed before each timed pass

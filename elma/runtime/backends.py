@@ -286,7 +286,9 @@ class TorchBackend(Backend):
     name = "torch"
     thread_safe = True  # modules in eval mode under inference_mode hold no per-call state
 
-    def __init__(self, model_dir: "str | os.PathLike", device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, model_dir: "str | os.PathLike", device: str = "cpu", threads: Optional[int] = None,
+                 model=None):
+        """``model``: the ``MultiExitQA`` of ``model_dir`` when the caller has loaded it already (``elma demo``)."""
         try:
             import torch
 
@@ -300,7 +302,7 @@ class TorchBackend(Backend):
         folder = Path(model_dir)
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder}: no config.json; the torch backend needs an ELMA model folder")
-        model = MultiExitQA.from_pretrained(folder).eval().to(device)
+        model = (model if model is not None else MultiExitQA.from_pretrained(folder)).eval().to(device)
         self.steps = model_steps(model)
         self.device = device
         self.num_layers = self.steps.num_layers

@@ -55,6 +55,7 @@ import numpy as np
 from elma.data.features import Window, WindowConfig, build_windows
 from elma.data.squad import Example
 from elma.errors import BundleError, ModelLoadError
+from elma.runtime.defaults import SOURCE_NONE, SOURCE_REQUESTED, from_manifest, from_model_config
 from elma.runtime.policies import ExitPolicy, NoExitPolicy, StaticPolicy, parse_policy
 from elma.runtime.skim import gather_index, keep_positions
 from elma.runtime.spans import SpanAnswer, decode_answer
@@ -91,6 +92,7 @@ class Answer:
     windows: int = 1  # context windows the question was cut into
     window_exit_layers: Tuple[int, ...] = ()  # per window
     best_span: str = ""  # the best span even when the verdict is no-answer
+    policy_source: str = ""  # where the policy came from: "calibrated default", "no calibrated default", "requested"
     tokens_per_layer: Tuple[int, ...] = ()  # per step run: tokens of the question's windows that ran it (no padding)
 
     @property
@@ -113,7 +115,8 @@ class ModelInfo:
     windows: WindowConfig
     null_thresholds: Tuple[float, ...]  # per exit; () means 0 everywhere
     tokenizer: Path
-    default_policy: str = "none"  # calibrated policy from the manifest (``elma calibrate``), else full depth
+    default_policy: str = "none"  # calibrated policy (``elma.runtime.defaults``), else full depth
+    policy_source: str = SOURCE_NONE  # where default_policy comes from (``elma.runtime.defaults``)
 
     def null_threshold(self, exit_layer: int) -> float:
         return self.null_thresholds[exit_layer - 1] if self.null_thresholds else 0.0
@@ -131,10 +134,9 @@ def bundle_info(bundle) -> ModelInfo:
                                int(w.get("max_query_length", 64)))
     except (TypeError, ValueError) as err:
         raise BundleError(f"{bundle.root}: manifest 'windows' is not a usable window geometry ({err}); re-export") from err
-    calibrated = bundle.manifest.get("exit_thresholds") or {}
-    default = calibrated.get("default") if isinstance(calibrated, dict) else None
+    stored = from_manifest(bundle.manifest, bundle.root)
     return ModelInfo(bundle.root, "bundle", bundle.backbone.model_type, bundle.num_layers, windows,
-                     tuple(bundle.null_thresholds), bundle.tokenizer, str(default) if default else "none")
+                     tuple(bundle.null_thresholds), bundle.tokenizer, stored.spec, stored.source)
 
 
 def model_folder_info(folder: Union[str, os.PathLike]) -> ModelInfo:
@@ -155,7 +157,9 @@ def model_folder_info(folder: Union[str, os.PathLike]) -> ModelInfo:
     tokenizer = folder / "tokenizer.json"
     if not tokenizer.is_file():
         raise ModelLoadError(f"{folder}: no tokenizer.json; the runtime needs the fast tokenizer (`elma convert` writes it)")
-    return ModelInfo(folder, "model", str(cfg.get("model_type")), num_layers, windows, thresholds, tokenizer)
+    stored = from_model_config(cfg, folder)
+    return ModelInfo(folder, "model", str(cfg.get("model_type")), num_layers, windows, thresholds, tokenizer,
+                     stored.spec, stored.source)
 
 
 def validate_input(question: str, context: str) -> None:
@@ -232,7 +236,8 @@ class Runtime:
     Args:
         backend: the steps (``OrtBackend``, ``TorchBackend``, ``TensorRTBackend``).
         info: the model's windows, thresholds, tokenizer and calibrated default policy.
-        policy: default exit policy (a spec string or an ``ExitPolicy``); None: ``info.default_policy``.
+        policy: default exit policy (a spec string or an ``ExitPolicy``); None: ``info.default_policy``, the
+            model's calibrated default (``elma.runtime.defaults``). ``policy_source`` says which.
         tokenizer: a ``tokenizers.Tokenizer``; None loads ``info.tokenizer``.
     """
 
@@ -246,14 +251,16 @@ class Runtime:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(info.tokenizer)
         self.pad_id = pad_token_id(self.tokenizer)
         self.policy = self.resolve_policy("none")
+        self.policy_source = SOURCE_REQUESTED if policy is not None else info.policy_source
         if policy is not None:
             self.policy = self.resolve_policy(policy)
         else:
             try:
                 self.policy = self.resolve_policy(info.default_policy)
             except ValueError as err:
-                raise BundleError(f"{info.path}: calibrated default policy {info.default_policy!r} is not usable "
-                                  f"({err}); run `elma calibrate` again") from err
+                error = BundleError if info.kind == "bundle" else ModelLoadError
+                raise error(f"{info.path}: calibrated default policy {info.default_policy!r} is not usable "
+                            f"({err}); run `elma calibrate` again") from err
         self._tokenizer_lock = threading.Lock()
         self._backend_lock = None if backend.thread_safe else threading.Lock()
 
@@ -360,7 +367,8 @@ class Runtime:
             return []
         windows = self.windows(items)
         rows, step_ms, prep_ms = self._run(windows, chosen, last, began=began)
-        return self._answers(items, rows, step_ms, prep_ms, chosen, last)
+        source = self.policy_source if policy is None else SOURCE_REQUESTED
+        return self._answers(items, rows, step_ms, prep_ms, chosen, source)
 
     def record_exits(self, items: Sequence[Tuple[str, str]]) -> List[List[Tuple[Window, np.ndarray]]]:
         """Run every layer once and keep every exit's logits (what calibration simulates policies on).
@@ -480,7 +488,7 @@ class Runtime:
         return rows, step_ms, prep_ms
 
     def _answers(self, items, rows: Sequence[_Row], step_ms: Sequence[float], prep_ms: float, policy: ExitPolicy,
-                 last: int) -> List[Answer]:
+                 source: str) -> List[Answer]:
         per_question: List[List[_Row]] = [[] for _ in items]
         for r in rows:
             per_question[r.window.example_index].append(r)
@@ -496,15 +504,16 @@ class Runtime:
             unsolved = not isinstance(policy.exit_policy, NoExitPolicy) and not all(r.confident for r in qrows)
             tokens = tuple(sum(r.tokens[k] for r in qrows if k < len(r.tokens)) for k in range(exit_layer))
             answers.append(_answer(span, exit_layer, self.num_layers, steps, prep_ms + sum(steps) + decode_ms, unsolved,
-                                   policy.spec, tuple(r.exit_layer for r in qrows), tokens))
+                                   policy.spec, tuple(r.exit_layer for r in qrows), source, tokens))
         return answers
 
 
 def _answer(span: SpanAnswer, exit_layer: int, num_layers: int, steps: Tuple[float, ...], latency_ms: float,
-            unsolved: bool, policy: str, window_layers: Tuple[int, ...], tokens: Tuple[int, ...]) -> Answer:
+            unsolved: bool, policy: str, window_layers: Tuple[int, ...], source: str = "",
+            tokens: Tuple[int, ...] = ()) -> Answer:
     score = span.span_score - span.null_score if np.isfinite(span.span_score) else float("-inf")
     if span.no_answer:
         return Answer("", -1, -1, score, True, exit_layer, num_layers, steps, latency_ms, unsolved, policy,
-                      len(window_layers), window_layers, span.text, tokens)
+                      len(window_layers), window_layers, span.text, source, tokens)
     return Answer(span.text, span.char_start, span.char_end, score, False, exit_layer, num_layers, steps, latency_ms,
-                  unsolved, policy, len(window_layers), window_layers, span.text, tokens)
+                  unsolved, policy, len(window_layers), window_layers, span.text, source, tokens)

@@ -307,8 +307,9 @@ def _train_in(out: Path, config: TrainConfig, resume: bool, model: MultiExitQA, 
     result = TrainResult(step, _mean(losses[-config.log_every:]) if losses else float("nan"), wall_s,
                          real_tokens / max(wall_s, 1e-9), step - len(losses), losses)
     model.eval()
-    # thresholds calibrated for the weights we started from no longer hold; --eval-file recalibrates
-    model.exit_config = replace(model.exit_config, null_thresholds=())
+    # thresholds and the exit policy calibrated for the weights we started from no longer hold; --eval-file
+    # recalibrates the thresholds, `elma calibrate` the policy
+    model.exit_config = replace(model.exit_config, null_thresholds=(), default_policy=None, calibration=None)
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
     if config.eval_file:

@@ -60,7 +60,9 @@ def test_demo_shows_every_exit(trained):
     model, _ = trained
     out = elma("demo", "--model", model, "--question", "who crossed the river", "--context",
                "the old king crossed the river near the bridge.").stdout
-    assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["exit 1", "exit 2", "exit 3"]
+    assert [line.split(":")[0] for line in out.splitlines()[1:-1]] == ["exit 1", "exit 2", "exit 3"]
+    assert out.splitlines()[-1].startswith("policy none (no calibrated default): stops after exit 3 of 3: "), \
+        "a model without a calibrated default runs full depth, and says so"
 
 
 @pytest.mark.parametrize("args, message, code", [

@@ -110,3 +110,33 @@ def test_offload_flag_errors_exit_2(ask, bundle, capsys, tmp_path, extra, match)
         code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra], FakeStdin(""), io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_calibrated_default_decides_what_is_offloaded(server, bundle, tmp_path, capsys):
+    """No --policy: the bundle's calibrated default runs (maxprob:1 is never confident, so the question is
+    unsolved and offloaded); --policy none forces full depth, which is never unsolved, so nothing is offloaded."""
+    import shutil
+
+    from elma.runtime.bundle import update_manifest
+
+    srv, _, answerer = server
+    calibrated = shutil.copytree(bundle, tmp_path / "calibrated")
+    update_manifest(calibrated, {"exit_thresholds": {"default": "maxprob:1", "calibration": {"n": 1}}})
+    token_file = tmp_path / "device.token"
+    token_file.write_text(TOKEN)
+    common = [QUESTION, "--context", CONTEXT, "--json", "--model", str(calibrated), "--server", srv.url,
+              "--token-file", str(token_file), "--queue", str(tmp_path / "q.sqlite3"), "--deadline-ms", "5000"]
+    out = io.StringIO()
+    assert main(common, FakeStdin(""), out) == 0
+    record = json.loads(out.getvalue())
+    assert (record["policy"], record["policy_source"]) == ("maxprob:1", "calibrated default")
+    assert record["offloaded"] and record["offload_reason"] == "unsolved"
+    assert record["text"] == answerer(QUESTION, CONTEXT)["text"]
+    out = io.StringIO()
+    assert main(common[:-2] + ["--policy", "none"], FakeStdin(""), out) == 0
+    record = json.loads(out.getvalue())
+    assert (record["policy"], record["policy_source"], record["offloaded"]) == ("none", "requested", False)
+    out = io.StringIO()
+    assert main([a for a in common if a != "--json"], FakeStdin(""), out) == 0
+    assert "policy maxprob:1 (calibrated default)" in out.getvalue() and "offloaded (unsolved)" in out.getvalue()
+    capsys.readouterr()
