@@ -109,6 +109,7 @@ def test_two_gloo_processes_equal_one_process(setting):
     assert log.count("step 3/6") == 1, "only rank 0 logs"
 
 
+@pytest.mark.slow  # two torchrun launches (about a minute here); the single-process kill test is not slow
 def test_a_job_with_a_killed_rank_resumes_to_the_same_end(setting):
     root, config, _ = setting
     out = root / "killed"
