@@ -151,7 +151,6 @@ def rank_pid(launcher: int, rank: int):
 def test_a_resume_may_change_the_device_but_not_the_batch(setting):
     """--device is where a run goes, not where it ends; the batch decides the end."""
     root, config, _ = setting
-    out = root / "one"
     with pytest.raises(UsageError, match="batch_size: 6 -> 4"):
         train(replace(config, batch_size=4, max_steps=7), resume=True)
     result = train(replace(config, device="cpu", max_steps=6), resume=True)

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def hf_teacher(folder: Path, qa: bool = True, vocab=None) -> Path:
     """A tiny random BERT saved as a Hugging Face checkpoint, with its tokenizer."""
-    from tokenizers import Tokenizer
     from tokenizers.models import WordPiece
     from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
 
