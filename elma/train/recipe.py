@@ -26,7 +26,7 @@ def read_recipe(path: "str | Path") -> dict:
         UsageError: a missing or malformed file, an unknown key, or a value of the wrong type.
     """
     if sys.version_info >= (3, 11):
-        import tomllib
+        import tomllib  # novermin (tomli below 3.11)
     else:  # pragma: no cover - exercised on Python < 3.11 only
         try:
             import tomli as tomllib
