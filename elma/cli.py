@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -41,27 +42,34 @@ def _add_overwrite(p, what: str) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a multi-exit QA model")
-    p.add_argument("model", help="pretrained HF encoder folder, ELMA model folder, or encoder config.json")
-    p.add_argument("--train-file", nargs="+", required=True, help="SQuAD 1.1/2.0 JSON file(s)")
+    p = sub.add_parser("train", help="fine-tune a multi-exit QA model (CPU, GPU, or several under torchrun)")
+    p.add_argument("model", nargs="?",
+                   help="HF encoder folder or model id, ELMA model folder, or encoder config.json (or in --config)")
+    p.add_argument("--config", help="TOML recipe whose keys are the settings below; flags override it")
+    p.add_argument("--train-file", nargs="+", help="SQuAD 1.1/2.0 JSON file(s)")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--eval-file", help="held-out SQuAD file: per-exit scores and null-threshold calibration")
     p.add_argument("--tokenizer", help="tokenizer.json, spiece.model or folder (default: the model's)")
     p.add_argument("--resume", action="store_true", help="continue from output-dir/checkpoint.pt")
     _add_overwrite(p, "an earlier run's output folder")
-    p.add_argument("--two-stage", action="store_true", help="freeze encoder and last head, train earlier heads")
-    p.add_argument("--bf16", action="store_true", help="CPU bfloat16 autocast")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--teacher", help="extractive-QA model (HF folder or id, or ELMA folder) every exit learns from")
+    for flag, help_ in [("--two-stage", "freeze encoder and last head, train earlier heads"),
+                        ("--bf16", "bfloat16 autocast (CPU or CUDA)"),
+                        ("--fp16", "CUDA float16 autocast with a gradient scaler"),
+                        ("--answerability-head", "new models: an answerability head per exit on the CLS state, "
+                                                 "read by the null score"),
+                        ("--freeze-word-embeddings", "keep the word-embedding matrix fixed")]:
+        p.add_argument(flag, action="store_true", default=None, help=help_)  # None: not given, --config decides
     p.add_argument("--exit-weights", help="exits' loss weights: linear (default, l/sum l), uniform, or w1,...,wL")
-    p.add_argument("--answerability-head", action="store_true",
-                   help="new models: an answerability head per exit on the CLS state, read by the null score")
     p.add_argument("--answerability-weight", type=float, help="weight of its binary loss (default 1)")
-    p.add_argument("--freeze-word-embeddings", action="store_true", help="keep the word-embedding matrix fixed")
-    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None)
     for name, typ in [("max-seq-length", int), ("doc-stride", int), ("max-query-length", int), ("batch-size", int),
                       ("learning-rate", float), ("weight-decay", float), ("warmup-ratio", float), ("epochs", float),
                       ("max-steps", int), ("max-grad-norm", float), ("distill-rate", float), ("temperature", float),
                       ("seed", int), ("save-every", int), ("log-every", int), ("max-examples", int),
-                      ("eval-batch-size", int), ("threads", int)]:
+                      ("eval-batch-size", int), ("threads", int), ("grad-accumulation", int),
+                      ("dataloader-workers", int), ("teacher-weight", float)]:
         p.add_argument(f"--{name}", type=typ)
     p.set_defaults(func=cmd_train)
 
@@ -69,16 +77,24 @@ def _add_train(sub) -> None:
 def cmd_train(args) -> int:
     from dataclasses import fields
 
+    from elma.train.recipe import read_recipe
     from elma.train.trainer import TrainConfig, train
 
     known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    values["train_files"] = tuple(args.train_file)
+    values = read_recipe(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+    if args.train_file:
+        values["train_files"] = tuple(args.train_file)
+    missing = [flag for flag, key in (("MODEL", "model"), ("--train-file", "train_files")) if not values.get(key)]
+    if missing:
+        raise UsageError(f"{' and '.join(missing)} needed (on the command line or in --config)")
     try:
         config = TrainConfig(**values)
     except ValueError as err:
         raise UsageError(str(err)) from err
     result = train(config, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "wall_s": round(result.wall_s, 1),
                       "tokens_per_s": round(result.tokens_per_s, 1), "output_dir": config.output_dir,
                       "eval": result.eval}, indent=2))

@@ -68,6 +68,7 @@ def exit_logits(model: MultiExitQA, windows: Sequence[Window], pad_id: int, batc
                 progress: bool = False) -> List[np.ndarray]:
     """Logits of every window at every exit: one (L, 2, T_w) float32 array per window."""
     model.eval()
+    device = next(model.parameters()).device  # a model trained on a GPU is scored there
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
     out: List[Optional[np.ndarray]] = [None] * len(windows)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -75,9 +76,9 @@ def exit_logits(model: MultiExitQA, windows: Sequence[Window], pad_id: int, batc
         from tqdm import tqdm
         batches = tqdm(batches, desc="predict", unit="batch", mininterval=5)
     for idx in batches:
-        batch = collate([windows[i] for i in idx], pad_id)
+        batch = {k: v.to(device) for k, v in collate([windows[i] for i in idx], pad_id).items()}
         start, end = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (L, B, T)
-        both = torch.stack([start, end], dim=1).float().numpy()  # (L, 2, B, T)
+        both = torch.stack([start, end], dim=1).float().cpu().numpy()  # (L, 2, B, T)
         for j, i in enumerate(idx):
             out[i] = both[:, :, j, : len(windows[i])]
     return out  # type: ignore[return-value]

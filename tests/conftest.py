@@ -124,11 +124,12 @@ def make_tiny_model_dir(path: Path, name: str, seed: int = 0, **overrides) -> Pa
 
     cfg = tiny_config(name, **overrides)
     kind = cfg.pop("model_type")
-    layers = cfg["num_hidden_layers"]
+    encoder_config = AutoConfig.for_model(kind, **cfg)
+    layers = encoder_config.num_hidden_layers  # DistilBERT names it n_layers
     torch.manual_seed(seed)
     exit_config = ExitConfig(layers, null_thresholds=tuple(0.25 * i - 0.5 for i in range(layers)), max_seq_length=64,
                              doc_stride=16, max_query_length=16)
-    model = MultiExitQA(AutoConfig.for_model(kind, **cfg), exit_config)
+    model = MultiExitQA(encoder_config, exit_config)
     with torch.no_grad():
         for p in model.encoder.parameters():
             p.add_(torch.randn_like(p) * 0.02)

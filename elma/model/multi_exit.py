@@ -11,6 +11,7 @@ On disk a model is a folder: ``config.json`` (the encoder's own config plus an
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -95,8 +96,10 @@ class MultiExitQA(nn.Module):
             raise ValueError(f"null_thresholds needs one value per exit ({n_layers})")
         if self.exit_config.num_exits != n_layers:
             raise ValueError(f"num_exits must equal num_hidden_layers ({n_layers}), got {self.exit_config.num_exits}")
-        self.encoder = encoder if encoder is not None else AutoModel.from_config(encoder_config, add_pooling_layer=False)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(encoder_config, **_no_pooler(encoder_config))
         self.config = self.encoder.config
+        # DistilBERT takes no token types; RoBERTa has one (type_vocab_size 1): see encoder_token_types
+        self._takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self.exits = nn.ModuleList(nn.Linear(self.config.hidden_size, 2) for _ in range(n_layers))
         self.null_heads = (nn.ModuleList(nn.Linear(self.config.hidden_size, 1) for _ in range(n_layers))
                            if self.exit_config.answerability_head else None)
@@ -124,8 +127,11 @@ class MultiExitQA(nn.Module):
     def all_exits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   token_type_ids: Optional[torch.Tensor] = None) -> ExitLogits:
         """Like ``forward``, plus the answerability logits (what training needs)."""
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           output_hidden_states=True, return_dict=True)
+        types = {}
+        if self._takes_token_types:
+            types["token_type_ids"] = encoder_token_types(self.config, token_type_ids)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                           return_dict=True, **types)
         hidden = out.hidden_states[1:]  # L tensors of (B, T, H); [0] is the embedding output
         assert len(hidden) == self.num_exits, f"encoder gave {len(hidden)} layers, expected {self.num_exits}"
         null_heads = self.null_heads if self.null_heads is not None else [None] * self.num_exits
@@ -141,7 +147,7 @@ class MultiExitQA(nn.Module):
     def from_backbone(cls, path: os.PathLike, exit_config_kwargs: Optional[dict] = None) -> "MultiExitQA":
         """New exit heads on top of a pretrained Hugging Face encoder folder (config.json + weights)."""
         try:
-            encoder = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+            encoder = AutoModel.from_pretrained(str(path), **_no_pooler(AutoConfig.from_pretrained(str(path))))
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"{path}: cannot load a pretrained encoder: {err}") from err
         exit_config = ExitConfig(num_exits=encoder.config.num_hidden_layers, **(exit_config_kwargs or {}))
@@ -185,6 +191,20 @@ class MultiExitQA(nn.Module):
         atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         atomic_write(path / CONFIG_NAME,
                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+
+
+def _no_pooler(config: PretrainedConfig) -> dict:
+    """``add_pooling_layer=False`` for the encoders that have a pooler (BERT, ALBERT, RoBERTa, MobileBERT); QA never
+    reads it. ELECTRA, DistilBERT and DeBERTa have none and refuse the argument."""
+    cls = AutoModel._model_mapping[type(config)]
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+
+
+def encoder_token_types(config: PretrainedConfig, token_type_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Token types as the encoder takes them: all 0 for encoders with fewer than two types (RoBERTa: 1)."""
+    if token_type_ids is not None and getattr(config, "type_vocab_size", 2) < 2:
+        return torch.zeros_like(token_type_ids)
+    return token_type_ids
 
 
 def read_model_config(path: Path) -> dict:

@@ -25,9 +25,44 @@ import torch
 from torch import nn
 
 from elma.errors import ModelLoadError
-from elma.model.multi_exit import MASK_FILL, MultiExitQA, exit_logits
+from elma.model.multi_exit import MASK_FILL, MultiExitQA, encoder_token_types, exit_logits
 
-SUPPORTED_MODEL_TYPES = ("albert", "bert")  # MiniLM checkpoints are model_type "bert"
+# Encoders that can be cut after every layer: each layer maps (hidden, additive mask) -> hidden with nothing carried
+# between layers. MiniLM checkpoints are model_type "bert". (embeddings module, projection or None, layer list) of
+# the Hugging Face encoder; ALBERT (layer groups) is handled on its own.
+LAYOUTS = {
+    "bert": ("embeddings", None, "encoder.layer"),
+    "roberta": ("embeddings", None, "encoder.layer"),
+    "electra": ("embeddings", "embeddings_project", "encoder.layer"),  # the projection exists when E != H
+    "mobilebert": ("embeddings", None, "encoder.layer"),
+    "distilbert": ("embeddings", None, "transformer.layer"),
+}
+SUPPORTED_MODEL_TYPES = ("albert", *LAYOUTS)
+# Why the others cannot be cut, for the message that refuses them before any training.
+UNSUPPORTED_REASONS = {
+    "deberta-v2": "DeBERTa's disentangled attention passes relative-position embeddings and buckets from the "
+                  "encoder into every layer, so a layer is not a (hidden, mask) -> hidden step",
+    "deberta": "DeBERTa's disentangled attention passes relative-position embeddings and buckets from the "
+               "encoder into every layer, so a layer is not a (hidden, mask) -> hidden step",
+}
+
+
+def check_steps_supported(config) -> None:
+    """Raise ``ModelLoadError`` at once (before any training) for an encoder that cannot be exported per layer.
+
+    Args:
+        config: a ``transformers`` config (only ``model_type`` and ALBERT's ``inner_group_num`` are read).
+    """
+    kind = config.model_type
+    if kind == "albert":
+        if config.inner_group_num != 1:
+            raise ModelLoadError(f"ALBERT with inner_group_num={config.inner_group_num} has no per-layer steps; "
+                                 f"ELMA supports inner_group_num=1 (every albert-* checkpoint)")
+        return
+    if kind not in LAYOUTS:
+        why = UNSUPPORTED_REASONS.get(kind, "no per-layer layout is known for it")
+        raise ModelLoadError(f"model_type {kind!r} cannot be exported per layer ({why}); "
+                             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
 def layer_to_group(layer: int, num_layers: int, num_groups: int) -> int:
@@ -49,15 +84,27 @@ def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) ->
 
 
 class EmbeddingsStep(nn.Module):
-    """(input_ids, token_type_ids) -> hidden (B, T, H); ALBERT's projection to the hidden size included."""
+    """(input_ids, token_type_ids) -> hidden (B, T, H); ALBERT's and ELECTRA's projection to the hidden size included.
 
-    def __init__(self, embeddings: nn.Module, projection: "nn.Module | None" = None):
+    Every bundle's embeddings graph takes token types; encoders without them (DistilBERT) read them as 0 x types,
+    so that the input stays in the graph, and encoders with one type (RoBERTa) get zeros.
+    """
+
+    def __init__(self, embeddings: nn.Module, projection: "nn.Module | None" = None, config=None,
+                 takes_token_types: bool = True):
         super().__init__()
         self.embeddings = embeddings
         self.projection = projection
+        self.config = config
+        self.takes_token_types = takes_token_types
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, E)
+        if self.takes_token_types:
+            types = encoder_token_types(self.config, token_type_ids) if self.config is not None else token_type_ids
+            hidden = self.embeddings(input_ids=input_ids, token_type_ids=types)  # (B, T, E)
+        else:
+            hidden = self.embeddings(input_ids=input_ids)
+            hidden = hidden + (token_type_ids[..., None] * 0).to(hidden.dtype)  # keeps the graph's input; adds 0
         if self.projection is not None:
             hidden = self.projection(hidden)  # (B, T, H)
         return hidden
@@ -149,30 +196,34 @@ def use_eager_attention(model: MultiExitQA) -> None:
         model.config._attn_implementation = "eager"
 
 
+def _get(module: nn.Module, dotted: str):
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
+
+
 def model_steps(model: MultiExitQA) -> ModelSteps:
     """Cut ``model`` into steps sharing its modules (and so its weights).
 
     Raises:
-        ModelLoadError: for an encoder type without a step layout (only ALBERT and BERT/MiniLM have one),
+        ModelLoadError: for an encoder type without a step layout (``check_steps_supported``: DeBERTa, ...),
             or an ALBERT with more than one layer per group (its exits would not be one per slot).
     """
     config = model.config
     kind = config.model_type
     encoder = model.encoder
     num_layers = config.num_hidden_layers
-    if kind == "bert":
-        embeddings = EmbeddingsStep(encoder.embeddings)
-        groups = [LayerStep(layer) for layer in encoder.encoder.layer]
-        layer_groups = tuple(range(num_layers))
-    elif kind == "albert":
-        if config.inner_group_num != 1:
-            raise ModelLoadError(f"ALBERT with inner_group_num={config.inner_group_num} has no per-layer steps; "
-                                 f"ELMA supports inner_group_num=1 (every albert-* checkpoint)")
+    check_steps_supported(config)
+    if kind == "albert":
         embeddings = EmbeddingsStep(encoder.embeddings, encoder.encoder.embedding_hidden_mapping_in)
         groups = [LayerStep(group) for group in encoder.encoder.albert_layer_groups]
         layer_groups = tuple(layer_to_group(i, num_layers, config.num_hidden_groups) for i in range(num_layers))
     else:
-        raise ModelLoadError(f"no per-layer export for model_type {kind!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        emb_name, proj_name, layers_name = LAYOUTS[kind]
+        embeddings = EmbeddingsStep(_get(encoder, emb_name), getattr(encoder, proj_name, None) if proj_name else None,
+                                    config, model._takes_token_types)
+        groups = [LayerStep(layer) for layer in _get(encoder, layers_name)]
+        layer_groups = tuple(range(num_layers))
     null_heads = model.null_heads if model.null_heads is not None else [None] * len(model.exits)
     exits = [ExitStep(head, nh) for head, nh in zip(model.exits, null_heads)]
     assert len(exits) == num_layers, f"{len(exits)} exit heads for {num_layers} layers"

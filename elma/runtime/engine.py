@@ -148,7 +148,7 @@ def model_folder_info(folder: Union[str, os.PathLike]) -> ModelInfo:
         elma = cfg["elma"]
         windows = WindowConfig(int(elma.get("max_seq_length", 384)), int(elma.get("doc_stride", 128)),
                                int(elma.get("max_query_length", 64)))
-        num_layers = int(cfg["num_hidden_layers"])
+        num_layers = int(cfg["num_hidden_layers"] if "num_hidden_layers" in cfg else cfg["n_layers"])  # DistilBERT: n_layers
         thresholds = tuple(float(t) for t in elma.get("null_thresholds") or ())
     except FileNotFoundError as err:
         raise ModelLoadError(f"{folder}: neither a bundle (manifest.json) nor an ELMA model folder (config.json)") from err

@@ -15,6 +15,7 @@ class LossParts:
     distill: torch.Tensor  # mean KL of the earlier exits to the last one (0 when disabled)
     per_exit: torch.Tensor  # (L,) span loss of each exit, detached
     answerability: torch.Tensor = None  # depth-weighted BCE of the answerability heads (0 without them), detached
+    teacher: torch.Tensor = None  # depth-weighted KL of the exits to a teacher model (None without one), detached
 
 
 EXIT_WEIGHTS = ("linear", "uniform")
@@ -115,3 +116,39 @@ def multi_exit_loss(start: torch.Tensor, end: torch.Tensor, start_pos: torch.Ten
     distill = distill_loss(start, end, temperature) if distill_rate > 0 else per_exit.new_zeros(())
     total = (1 - distill_rate) * supervised + distill_rate * distill
     return LossParts(total, span.detach(), distill.detach(), per_exit.detach(), answerability.detach())
+
+
+def kl_to_teacher_per_exit(start: torch.Tensor, end: torch.Tensor, teacher_start: torch.Tensor,
+                           teacher_end: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(L,) mean over the batch of KL(teacher || exit) on start and end positions, averaged, times T^2.
+
+    Args:
+        start, end: (L, B, T) logits of every exit.
+        teacher_start, teacher_end: (B, T) the teacher's logits (padding at ``MASK_FILL``, as the exits').
+    """
+    t = temperature
+    parts = []
+    for logits, teacher in ((start, teacher_start), (end, teacher_end)):
+        target = F.log_softmax(teacher.detach().float() / t, dim=-1)  # (B, T)
+        student = F.log_softmax(logits.float() / t, dim=-1)  # (L, B, T)
+        kl = F.kl_div(student, target.expand_as(student), reduction="none", log_target=True).sum(-1)  # (L, B)
+        parts.append(kl.mean(dim=1))
+    return (parts[0] + parts[1]) / 2 * t * t
+
+
+def with_teacher(parts: LossParts, start: torch.Tensor, end: torch.Tensor, teacher_start: torch.Tensor,
+                 teacher_end: torch.Tensor, temperature: float, weight: float, train_exits: slice = slice(None),
+                 exit_weights: str = "linear") -> LossParts:
+    """``(1 - w) * parts.total + w * KL(teacher || exits)``, the exits' KLs weighted as their span losses are.
+
+    Every trained exit learns the teacher's distribution (the usual distillation of small QA models), on top
+    of the label loss and any self-distillation already in ``parts``.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"teacher weight must be in [0, 1] (got {weight})")
+    per_exit = kl_to_teacher_per_exit(start, end, teacher_start, teacher_end, temperature)
+    w = torch.zeros_like(per_exit)
+    w[train_exits] = depth_weights(per_exit.shape[0], per_exit.device, exit_weights)[train_exits]
+    kl = (per_exit * w).sum() / w.sum()
+    total = (1 - weight) * parts.total + weight * kl
+    return LossParts(total, parts.span, parts.distill, parts.per_exit, parts.answerability, kl.detach())

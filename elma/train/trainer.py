@@ -1,4 +1,13 @@
-"""``elma train``: fine-tune a multi-exit QA model, resumable after a kill.
+"""``elma train``: fine-tune a multi-exit QA model on a CPU, a GPU or several, resumable after a kill.
+
+The pieces, each behind its own module and test:
+
+- ``backbone``: what MODEL names (config file, ELMA folder, Hugging Face folder or model id) -> model, tokenizer;
+- ``device``: ``--device``, autocast and the fp16 gradient scaler, random states;
+- ``distributed``: torchrun processes, the global batch cut into micro-batches, DDP;
+- ``losses`` (and ``teacher``): the multi-exit loss, with a teacher model's distributions when asked;
+- ``loop``: one optimiser step and the batches that feed it;
+- ``checkpoint``: ``checkpoint.pt``, loadable on any device, and which settings a resume may change.
 
 The state that a resumed run needs (weights, AdamW moments, scheduler, step,
 RNG) is one ``checkpoint.pt`` written atomically every ``save_every`` steps;
@@ -8,7 +17,6 @@ the batches that an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -22,22 +30,28 @@ import torch
 
 from elma.data.features import WindowConfig, build_windows
 from elma.data.squad import load_many
-from elma.errors import DataError, ModelLoadError, UsageError
-from elma.fsutil import Output, atomic_write, check_outputs, publish_dir, write_json
-from elma.model.multi_exit import CONFIG_NAME, ExitConfig, MultiExitQA
-from elma.tokenization import load_tokenizer, pad_token_id, save_tokenizer
-from elma.train.batching import collate, epoch_batches
-from elma.train.losses import multi_exit_loss, parse_exit_weights
+from elma.errors import DataError, ElmaError, UsageError
+from elma.fsutil import Output, check_outputs, publish_dir, write_json
+from elma.model.multi_exit import CONFIG_NAME, MultiExitQA
+from elma.tokenization import pad_token_id, save_tokenizer
+from elma.train import checkpoint
+from elma.train.backbone import build_model
+from elma.train.batching import epoch_batches
+from elma.train.checkpoint import CHECKPOINT_NAME
+from elma.train.device import DEVICE_PATTERN, precision_for, resolve_device, rng_state, set_rng_state
+from elma.train.distributed import DistEnv, wrap
+from elma.train.loop import StepBatches, iterate, train_step
+from elma.train.losses import multi_exit_loss, parse_exit_weights, with_teacher
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint.pt"
+__all__ = ["CHECKPOINT_NAME", "TrainConfig", "TrainResult", "build_model", "train"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. CLI flags map 1:1 onto these fields."""
 
-    model: str  # a pretrained HF encoder folder, an ELMA model folder, or an encoder config.json (random init)
+    model: str  # HF encoder folder or model id, ELMA model folder, or encoder config.json (random init)
     train_files: Tuple[str, ...]  # SQuAD 1.1/2.0 JSON files
     output_dir: str
     tokenizer: Optional[str] = None  # tokenizer.json / spiece.model / folder; default: the model folder's
@@ -60,13 +74,20 @@ class TrainConfig:
     freeze_word_embeddings: bool = False  # keep the word-embedding matrix fixed (half of MiniLM's weights)
     two_stage: bool = False  # freeze the encoder and the last head, train the earlier heads
     group_by_length: bool = True  # batch windows of similar length (less padding)
-    bf16: bool = False  # CPU autocast to bfloat16 (about 1.5x faster on AVX512-BF16 CPUs); weights stay fp32
+    bf16: bool = False  # bfloat16 autocast, CPU (about 1.5x faster on AVX512-BF16 CPUs) or CUDA; weights stay fp32
     seed: int = 42
     save_every: int = 200  # steps between checkpoints
     log_every: int = 20  # steps between log lines
     max_examples: Optional[int] = None  # use only the first N examples (smoke runs)
     eval_batch_size: int = 64
     threads: Optional[int] = None  # torch intra-op threads; default: torch's choice
+    # -- added with GPUs, torchrun and teachers; an older checkpoint resumes when these are at their defaults --
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N; a resume may change it
+    fp16: bool = False  # CUDA float16 autocast with a gradient scaler (GPUs without bfloat16)
+    grad_accumulation: int = 1  # micro-batches per process per step; the global batch stays batch_size windows
+    dataloader_workers: int = 0  # processes that collate batches ahead (GPU runs); results do not change
+    teacher: Optional[str] = None  # extractive-QA model (HF folder or id, or ELMA folder) every exit learns from
+    teacher_weight: float = 0.5  # w in (1-w)*loss + w*KL(teacher || exits), with a teacher
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -83,6 +104,16 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
         if self.answerability_weight < 0:
             raise ValueError(f"answerability_weight must be >= 0 (got {self.answerability_weight})")
+        if self.grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation must be >= 1 (got {self.grad_accumulation})")
+        if self.dataloader_workers < 0:
+            raise ValueError(f"dataloader_workers must be >= 0 (got {self.dataloader_workers})")
+        if not 0 <= self.teacher_weight <= 1:
+            raise ValueError(f"teacher_weight must be in [0, 1] (got {self.teacher_weight})")
+        if not DEVICE_PATTERN.match(self.device.strip().lower()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 exclude each other; pick one")
         parse_exit_weights(self.exit_weights)
         WindowConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
 
@@ -92,35 +123,10 @@ class TrainResult:
     steps: int
     final_loss: float  # mean total loss over the last log interval
     wall_s: float
-    tokens_per_s: float  # real (unpadded) tokens per second of this process' training steps
+    tokens_per_s: float  # real (unpadded) tokens per second of this run's training steps, all processes
     first_step: int = 0  # the step this process started from (> 0 after --resume)
     losses: List[float] = field(default_factory=list)  # loss of every step this process ran
     eval: Optional[List[dict]] = None
-
-
-def build_model(config: TrainConfig) -> Tuple[MultiExitQA, object]:
-    """The model to train and its tokenizer, from whatever ``config.model`` points at."""
-    path = Path(config.model)
-    window = dict(max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
-                  max_query_length=config.max_query_length, answerability_head=config.answerability_head)
-    if path.is_file() and path.suffix == ".json":
-        from transformers import AutoConfig
-
-        cfg = json.loads(path.read_text())
-        encoder_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        model = MultiExitQA(encoder_config, ExitConfig(encoder_config.num_hidden_layers, **window))
-        tok_src = config.tokenizer or path.parent
-    elif (path / CONFIG_NAME).is_file() and "elma" in json.loads((path / CONFIG_NAME).read_text()):
-        model = MultiExitQA.from_pretrained(path)
-        tok_src = config.tokenizer or path
-        if config.answerability_head and not model.exit_config.answerability_head:
-            raise UsageError(f"{path}: this model has no answerability heads; --answerability-head is for new models")
-    elif path.is_dir():
-        model = MultiExitQA.from_backbone(path, window)
-        tok_src = config.tokenizer or path
-    else:
-        raise ModelLoadError(f"{path}: not a model folder or encoder config.json")
-    return model, load_tokenizer(tok_src)
 
 
 def _optimizer(model: MultiExitQA, config: TrainConfig) -> torch.optim.Optimizer:
@@ -172,25 +178,32 @@ def check_inputs(config: TrainConfig) -> Optional[list]:
             raise DataError(f"{f}: no such training file (--train-file)")
     if config.tokenizer is not None and not Path(config.tokenizer).exists():
         raise UsageError(f"{config.tokenizer}: no such tokenizer file or folder (--tokenizer)")
-    if not Path(config.model).exists():
-        raise ModelLoadError(f"{config.model}: no such model folder or encoder config.json")
+    # the model may be a Hugging Face id: elma.train.backbone says what is wrong with it, before anything is written
     return load_squad(Path(config.eval_file)) if config.eval_file else None
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Run (or resume) one training job; writes the model folder and ``train_state.json`` into output_dir.
 
-    The output folder is checked first and created only once the inputs have loaded; an error before the
-    first checkpoint leaves no folder behind. With ``overwrite``, an earlier run's folder is replaced only when
-    the new run has finished (it is built in a temporary folder beside it, which a kill does not make resumable).
-
-    Raises:
-        OutputExistsError: output_dir is taken (see ``check_output_dir``). UsageError, DataError, ModelLoadError:
-            bad settings or inputs.
+    Under torchrun every process calls this; rank 0 alone writes. Nothing is created before the model, the
+    teacher and the data have been read: a refused run leaves no output folder behind. With ``overwrite``, an
+    earlier run's folder is replaced only when the new run has finished (it is built in a temporary folder beside
+    it, which a kill does not make resumable).
     """
+    env = DistEnv.from_env()
+    device = resolve_device(config.device, env.local_rank)
+    precision = precision_for(device, config.bf16, config.fp16)
+    env.setup(device)
+    try:
+        return _train(config, resume, overwrite, env, device, precision)
+    finally:
+        env.teardown()
+
+
+def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, device, precision) -> TrainResult:
     out = Path(config.output_dir)
-    check_output_dir(config, resume, overwrite)
-    heldout = check_inputs(config)
+    _on_main(env, lambda: check_output_dir(config, resume, overwrite))
+    _on_main(env, lambda: check_inputs(config))
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -200,6 +213,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         parse_exit_weights(config.exit_weights, model.num_exits)
     except ValueError as err:
         raise UsageError(str(err)) from err
+    teacher = None
+    if config.teacher:
+        from elma.train.teacher import load_teacher
+
+        with torch.random.fork_rng(devices=[]):  # loading builds modules; the student's random stream is untouched
+            teacher = load_teacher(config.teacher, tokenizer, config.max_seq_length).to(device)
     examples = load_many([Path(f) for f in config.train_files])
     if config.max_examples:
         examples = examples[: config.max_examples]
@@ -207,36 +226,134 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     t0 = time.monotonic()
     windows = build_windows(examples, tokenizer, wcfg)
     n_null = sum(w.start_position == 0 for w in windows)
-    logger.info("%d examples -> %d windows (%d labelled no-answer) in %.1f s", len(examples), len(windows),
-                n_null, time.monotonic() - t0)
+    log = logger.info if env.is_main else _quiet
+    log("%d examples -> %d windows (%d labelled no-answer) in %.1f s", len(examples), len(windows), n_null,
+        time.monotonic() - t0)
+    log("device %s, %s, %d process(es) x %d micro-batch(es) per step of %d windows", device, precision.name,
+        env.world_size, config.grad_accumulation, config.batch_size)
     # --overwrite: the earlier run stays in place until this one has finished
-    staging = overwrite and not resume and out.is_dir() and any(out.iterdir())
+    staging = env.is_main and overwrite and not resume and out.is_dir() and any(out.iterdir())
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent))) if staging else out
     existed = out.exists()
-    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work / CHECKPOINT_NAME
+    if env.is_main:
+        work.mkdir(parents=True, exist_ok=True)
     try:
-        result = _train_in(work, config, resume, model, tokenizer, windows, heldout)
+        pad_id = pad_token_id(tokenizer)
+        lengths = [len(w) for w in windows]
+        steps_per_epoch = math.ceil(len(windows) / config.batch_size)
+        total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        warmup = int(config.warmup_ratio * total)
+
+        train_exits = _freeze(model, config)
+        if env.rank > 0:  # same initial weights on every rank (same seed), own dropout draws from here on
+            torch.manual_seed(config.seed + 7919 * env.rank)
+        model.to(device)
+        optimizer = _optimizer(model, config)
+        scheduler = _linear_schedule(optimizer, warmup, total)
+
+        step = 0
+        if resume:
+            state = env.broadcast(checkpoint.load(ckpt_path) if env.is_main else None)
+            checkpoint.check_resumable(state["config"], config, ckpt_path)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng = checkpoint.rank_rng(state, env.rank, env.world_size)
+            if rng is not None:
+                set_rng_state(rng, device)
+            precision.load_state_dict(state.get("scaler"))
+            step = state["step"]
+            del state
+            log("resumed from step %d of %d", step, total)
+
+        module = wrap(model, env, device)
+        model.train()
+        if config.two_stage:
+            model.encoder.eval()  # frozen: no dropout either
+        params = list(model.parameters())
+        loss_fn = _loss_fn(config, train_exits, teacher, precision)
+        losses: List[float] = []
+        real_tokens = 0
+        t_start = time.monotonic()
+        bar = _progress(total, step, env.is_main)
+        while step < total:
+            epoch, offset = divmod(step, steps_per_epoch)
+            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch, config.group_by_length)[offset:]
+            data = StepBatches(windows, batches[: total - step], pad_id, env, config.grad_accumulation)
+            for micro in iterate(data, config.dataloader_workers, device.type == "cuda", config.seed + epoch):
+                loss, parts = train_step(module, micro, loss_fn, optimizer, scheduler, precision, params,
+                                         config.max_grad_norm, device)
+                if env.distributed:
+                    loss = env.sum(loss) / env.world_size  # the global batch's mean loss
+                step += 1
+                losses.append(loss.item())
+                real_tokens += sum(int(b["attention_mask"].sum()) for b, w in micro if w > 0)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if step % config.log_every == 0 or step == total:
+                    elapsed = time.monotonic() - t_start
+                    eta_s = elapsed / len(losses) * (total - step)
+                    log("step %d/%d loss %.4f span %.4f distill %.4f answerability %.4f%s per-exit %s lr %.2e "
+                        "%.0f tok/s ETA %.0f min", step, total, _mean(losses[-config.log_every:]), parts.span.item(),
+                        parts.distill.item(), parts.answerability.item(),
+                        "" if parts.teacher is None else f" teacher {parts.teacher.item():.4f}",
+                        " ".join(f"{x:.2f}" for x in parts.per_exit.tolist()), scheduler.get_last_lr()[0],
+                        real_tokens * env.world_size / max(elapsed, 1e-9), eta_s / 60)
+                if step % config.save_every == 0 or step == total:
+                    ranks = env.gather(rng_state(device))
+                    if env.is_main:
+                        checkpoint.save(ckpt_path, model, optimizer, scheduler, step, config, ranks,
+                                        precision.state_dict())
+        if bar is not None:
+            bar.close()
+        wall_s = time.monotonic() - t_start
+        if env.distributed:
+            real_tokens = int(env.sum(torch.tensor(real_tokens, device=device)).item())
+        result = TrainResult(step, _mean(losses[-config.log_every:]) if losses else float("nan"), wall_s,
+                             real_tokens / max(wall_s, 1e-9), step - len(losses), losses)
+        if not env.is_main:
+            return result
+        model.eval()
+        # thresholds calibrated for the weights we started from no longer hold; --eval-file recalibrates
+        model.exit_config = replace(model.exit_config, null_thresholds=())
+        model.save_pretrained(work)
+        save_tokenizer(tokenizer, work)
+        if config.eval_file:
+            result.eval = evaluate_and_calibrate(model, tokenizer, config, work)
+        write_json(work / "train_state.json", {"config": asdict(config), "steps": step, "final_loss": result.final_loss,
+                                              "wall_s_this_process": wall_s, "tokens_per_s": result.tokens_per_s,
+                                              "first_step": result.first_step, "losses": losses, "eval": result.eval,
+                                              "world_size": env.world_size, "device": str(device),
+                                              "precision": precision.name})
         if staging:
             publish_dir(work, out, overwrite=True)
+        return result
     except BaseException:
-        if staging:
-            shutil.rmtree(work, ignore_errors=True)
-        elif not existed and not any(work.iterdir()):
-            work.rmdir()  # failed before its first checkpoint: no empty folder left behind
+        if env.is_main:
+            if staging:
+                shutil.rmtree(work, ignore_errors=True)
+            elif not existed and work.is_dir() and not any(work.iterdir()):
+                work.rmdir()  # failed before its first checkpoint: no empty folder left behind
         raise
-    return result
 
 
-def _train_in(out: Path, config: TrainConfig, resume: bool, model: MultiExitQA, tokenizer, windows, heldout
-              ) -> TrainResult:
-    """The training loop, writing its checkpoint, model and state into ``out``."""
-    ckpt_path = out / CHECKPOINT_NAME
-    pad_id = pad_token_id(tokenizer)
-    lengths = [len(w) for w in windows]
-    steps_per_epoch = math.ceil(len(windows) / config.batch_size)
-    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = int(config.warmup_ratio * total)
+def _on_main(env: DistEnv, check) -> None:
+    """Run ``check`` on rank 0 (the one that reads and writes the output) and raise its error on every rank."""
+    error = None
+    if env.is_main:
+        try:
+            check()
+        except ElmaError as err:
+            error = err
+    error = env.broadcast(error)
+    if error is not None:
+        raise error
 
+
+def _freeze(model: MultiExitQA, config: TrainConfig) -> slice:
+    """Freeze what the config keeps fixed; returns the exits whose loss is trained."""
     train_exits = slice(None)
     if config.two_stage:
         for p in model.encoder.parameters():
@@ -248,87 +365,35 @@ def _train_in(out: Path, config: TrainConfig, resume: bool, model: MultiExitQA, 
         train_exits = slice(0, model.num_exits - 1)
     if config.freeze_word_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
-    optimizer = _optimizer(model, config)
-    scheduler = _linear_schedule(optimizer, warmup, total)
-
-    step = 0
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(config):
-            raise UsageError(f"{ckpt_path}: was written with other settings; resume with the same command")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step = state["step"]
-        logger.info("resumed from step %d of %d", step, total)
-
-    model.train()
-    if config.two_stage:
-        model.encoder.eval()  # frozen: no dropout either
-    losses: List[float] = []
-    real_tokens = 0
-    t_start = time.monotonic()
-    bar = _progress(total, step)
-    while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        for idx in epoch_batches(lengths, config.batch_size, config.seed, epoch, config.group_by_length)[offset:]:
-            if step >= total:
-                break
-            batch = collate([windows[i] for i in idx], pad_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits = model.all_exits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            parts = multi_exit_loss(logits.start.float(), logits.end.float(), batch["start_positions"],
-                                    batch["end_positions"], config.distill_rate, config.temperature, train_exits,
-                                    config.exit_weights, logits.null, config.answerability_weight)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(parts.total.item())
-            real_tokens += int(batch["attention_mask"].sum())
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts.total.item():.3f}")
-            if step % config.log_every == 0 or step == total:
-                elapsed = time.monotonic() - t_start
-                rate = real_tokens / max(elapsed, 1e-9)
-                eta_s = elapsed / len(losses) * (total - step)
-                logger.info("step %d/%d loss %.4f span %.4f distill %.4f answerability %.4f per-exit %s lr %.2e "
-                            "%.0f tok/s ETA %.0f min", step, total, _mean(losses[-config.log_every:]),
-                            parts.span.item(), parts.distill.item(), parts.answerability.item(),
-                            " ".join(f"{x:.2f}" for x in parts.per_exit.tolist()),
-                            scheduler.get_last_lr()[0], rate, eta_s / 60)
-            if step % config.save_every == 0 or step == total:
-                _save_checkpoint(ckpt_path, model, optimizer, scheduler, step, config)
-    bar.close()
-    wall_s = time.monotonic() - t_start
-    result = TrainResult(step, _mean(losses[-config.log_every:]) if losses else float("nan"), wall_s,
-                         real_tokens / max(wall_s, 1e-9), step - len(losses), losses)
-    model.eval()
-    # thresholds and the exit policy calibrated for the weights we started from no longer hold; --eval-file
-    # recalibrates the thresholds, `elma calibrate` the policy
-    model.exit_config = replace(model.exit_config, null_thresholds=(), default_policy=None, calibration=None)
-    model.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
-    if config.eval_file:
-        result.eval = evaluate_and_calibrate(model, tokenizer, config, out, heldout)
-    write_json(out / "train_state.json", {"config": asdict(config), "steps": step, "final_loss": result.final_loss,
-                                          "wall_s_this_process": wall_s, "tokens_per_s": result.tokens_per_s,
-                                          "first_step": result.first_step, "losses": losses, "eval": result.eval})
-    return result
+    return train_exits
 
 
-def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path,
-                           examples: Optional[list] = None) -> List[dict]:
-    """Calibrate each exit's null threshold on the held-out file (``examples``: already loaded), store it, and
-    score every exit."""
+def _loss_fn(config: TrainConfig, train_exits: slice, teacher, precision):
+    """(ExitLogits, batch) -> LossParts: the multi-exit loss, and the teacher's term when there is one."""
+
+    def loss(logits, batch):
+        parts = multi_exit_loss(logits.start.float(), logits.end.float(), batch["start_positions"],
+                                batch["end_positions"], config.distill_rate, config.temperature, train_exits,
+                                config.exit_weights, logits.null, config.answerability_weight)
+        if teacher is None:
+            return parts
+        with precision.autocast():  # the teacher reads the batch in the student's precision
+            t_start, t_end = teacher.logits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return with_teacher(parts, logits.start.float(), logits.end.float(), t_start, t_end, config.temperature,
+                            config.teacher_weight, train_exits, config.exit_weights)
+
+    return loss
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Ranks other than 0 do not log progress."""
+
+def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path) -> List[dict]:
+    """Calibrate each exit's null threshold on the held-out file, store it, and score every exit."""
     from elma.data.squad import load_squad
     from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits
 
-    if examples is None:
-        examples = load_squad(Path(config.eval_file))
+    examples = load_squad(Path(config.eval_file))
     results = predict_all_exits(model, tokenizer, examples, batch_size=config.eval_batch_size)
     thresholds = calibrate_null_thresholds(results, examples)
     for res, t in zip(results, thresholds):
@@ -348,18 +413,13 @@ def _rethreshold(answer, threshold: float):
     return replace(answer, no_answer=answer.window < 0 or answer.null_score_diff > threshold)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": torch.get_rng_state(), "step": step, "config": asdict(config)}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    logger.info("checkpoint at step %d -> %s", step, path)
-
-
 def _mean(xs: List[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _progress(total: int, initial: int):
+def _progress(total: int, initial: int, main: bool = True):
+    if not main:
+        return None
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=None)  # None: off when stderr is not a terminal

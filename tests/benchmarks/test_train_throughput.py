@@ -25,3 +25,17 @@ def test_reports_every_mode_and_padding_share(tmp_path, tiny_squad, wordpiece_to
     # padding every batch to max_seq_length wastes more than dynamic padding does
     assert rows[0]["padded_share"] > rows[1]["padded_share"]
     assert all(r["real_tokens_per_s"] > 0 for r in rows)
+
+
+def test_compare_loops_runs_old_and_new_steps_to_identical_weights(tmp_path, tiny_squad, wordpiece_tokenizer):
+    tok = tmp_path / "tokenizer.json"
+    wordpiece_tokenizer.save(str(tok))
+    out = tmp_path / "report.json"
+    train_throughput.main(["--model", str(ROOT / "tests/fixtures/tiny-bert.json"), "--tokenizer", str(tok),
+                           "--data", str(tiny_squad), "--steps", "3", "--batch-size", "4", "--max-seq-length", "48",
+                           "--doc-stride", "8", "--max-query-length", "12", "--threads", "1", "--compare-loops",
+                           "--bf16", "--out", str(out)])
+    loops = json.loads(out.read_text())["loops"]
+    assert loops["steps"] == 3 and loops["bf16"] is True
+    assert loops["weights_bit_identical"] is True
+    assert loops["old_real_tokens_per_s"] > 0 and loops["new_real_tokens_per_s"] > 0

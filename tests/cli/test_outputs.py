@@ -248,7 +248,7 @@ def test_a_failed_engine_build_leaves_the_earlier_engines(bundle_copy, monkeypat
 @pytest.mark.parametrize("change, code, message", [
     ({"--train-file": "MISSING"}, 2, "no such training file"),
     ({"--tokenizer": "MISSING"}, 2, "no such tokenizer"),
-    ({"MODEL": "MISSING"}, 3, "no such model folder"),
+    ({"MODEL": "MISSING"}, 3, "no such file or folder (and not a Hugging Face model id)"),
     ({"--eval-file": "MISSING"}, 2, "missing.json"),
     ({"--eval-file": "NOT_SQUAD"}, 2, "not-squad.json"),
 ])

@@ -87,8 +87,8 @@ def test_unsupported_layouts_are_refused():
     with pytest.raises(ModelLoadError, match="inner_group_num"):
         model_steps(tiny("albert", inner_group_num=2))
     model = tiny("bert")
-    model.config.model_type = "roberta"
-    with pytest.raises(ModelLoadError, match="supported: albert, bert"):
+    model.config.model_type = "xlnet"  # a family with no per-layer layout
+    with pytest.raises(ModelLoadError, match="'xlnet' cannot be exported per layer.*supported: albert, bert, roberta"):
         model_steps(model)
 
 

@@ -1,0 +1,88 @@
+"""``checkpoint.pt``: what a resumed run needs, loadable on any device, and the rule for which settings may change.
+
+Keys (a checkpoint written before devices and processes were added has only the first six, and still resumes):
+
+    model, optimizer, scheduler  state dicts (tensors saved from whatever device; loaded onto the CPU first)
+    rng                          rank 0's CPU random state
+    step                         optimiser steps done
+    config                       ``asdict(TrainConfig)`` of the run
+    rng_ranks                    every rank's ``device.rng_state`` (CPU, and CUDA when on a GPU)
+    world_size                   processes of the run
+    scaler                       the fp16 gradient scaler's state, or None
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from elma.errors import UsageError
+from elma.fsutil import atomic_write
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+# Settings that decide where and how fast a run goes, not where it ends: a resume may change them.
+RUNTIME_FIELDS = frozenset({"device", "dataloader_workers"})
+
+
+def check_resumable(saved: dict, config, path: Path) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's.
+
+    A field the checkpoint's config does not have (it was written before the field existed) must be at its
+    default, which is what the old code did; ``RUNTIME_FIELDS`` may differ.
+
+    Raises:
+        UsageError: naming the first differing settings.
+    """
+    current = asdict(config)
+    defaults = {f.name: f.default for f in fields(config)}
+    differ = []
+    for name, value in current.items():
+        if name in RUNTIME_FIELDS:
+            continue
+        was = saved[name] if name in saved else defaults[name]
+        if _normal(was) != _normal(value):
+            differ.append(f"{name}: {was!r} -> {value!r}")
+    unknown = sorted(set(saved) - set(current))
+    if unknown:
+        differ.append(f"settings this version does not know: {', '.join(unknown)}")
+    if differ:
+        raise UsageError(f"{path}: was written with other settings ({'; '.join(differ[:3])}); "
+                         f"resume with the same command")
+
+
+def _normal(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def save(path: Path, model, optimizer, scheduler, step: int, config, rng_ranks: list, scaler_state: Optional[dict]) -> None:
+    """Write the checkpoint atomically (rank 0 only); tensors are saved as they are (any device)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng_ranks[0]["cpu"], "step": step, "config": asdict(config), "rng_ranks": rng_ranks,
+             "world_size": len(rng_ranks), "scaler": scaler_state}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    logger.info("checkpoint at step %d -> %s", step, path)
+
+
+def load(path: Path) -> dict:
+    """The checkpoint with every tensor on the CPU (``map_location``): a GPU run resumes on a CPU and back."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rank_rng(state: dict, rank: int, world_size: int) -> Optional[dict]:
+    """The random state rank ``rank`` resumes with, or None (then it keeps its fresh seed and says so).
+
+    Checkpoints of one process before this change hold only ``rng`` (the CPU state).
+    """
+    ranks = state.get("rng_ranks")
+    if ranks is None:
+        return {"cpu": state["rng"]} if rank == 0 else None
+    if len(ranks) != world_size:
+        logger.warning("checkpoint written by %d processes, resumed by %d: dropout draws differ from an "
+                       "uninterrupted run", len(ranks), world_size)
+        return ranks[0] if rank == 0 else None
+    return ranks[rank]
