@@ -317,7 +317,7 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
             return result
         model.eval()
         # thresholds calibrated for the weights we started from no longer hold; --eval-file recalibrates
-        model.exit_config = replace(model.exit_config, null_thresholds=())
+        model.exit_config = replace(model.exit_config, null_thresholds=(), default_policy=None, calibration=None)
         model.save_pretrained(work)
         save_tokenizer(tokenizer, work)
         if config.eval_file:
