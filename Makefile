@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Modules that must run on the device's Python 3.8 (JetPack 5).
+# Modules that must run on the device's Python: 3.6 (JetPack 4.6, the TX2; dataclasses from its backport) and up.
 DEVICE_SIDE := elma/__init__.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
                elma/data/squad.py elma/data/features.py elma/metrics elma/runtime elma/power elma/bench \
                elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/doctor elma/update
@@ -22,7 +22,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check elma tests benchmarks
-	$(BIN)/vermin --target=3.8- --violations --no-tips --quiet $(DEVICE_SIDE)
+	$(BIN)/vermin --target=3.6- --backport dataclasses --eval-annotations --violations --no-tips --quiet $(DEVICE_SIDE)
 	$(BIN)/hadolint Dockerfile.l4t
 
 test: setup lint

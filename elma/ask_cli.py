@@ -26,8 +26,6 @@ works without torch or onnxruntime; the runtime is imported once a question is
 to be answered.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging

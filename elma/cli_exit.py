@@ -1,7 +1,5 @@
 """Exit codes and one-line error reporting shared by the console scripts (elma-ask, elma-bench)."""
 
-from __future__ import annotations
-
 import logging
 import sys
 from typing import Callable, Tuple, Type

@@ -7,8 +7,6 @@ temporary folder and renames that (``staged_dir``). A path that is already there
 once the new one is complete.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

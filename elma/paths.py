@@ -1,7 +1,5 @@
 """Where things live by default."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Optional

@@ -6,8 +6,6 @@ An ALBERT SentencePiece model (``spiece.model``) is converted to that format
 once, at training or export time, which needs transformers and sentencepiece.
 """
 
-from __future__ import annotations
-
 import shutil
 import tempfile
 from pathlib import Path

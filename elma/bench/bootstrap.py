@@ -8,8 +8,6 @@ resamples (Efron and Tibshirani, ch. 13). Resamples are drawn in chunks so that 
 ``chunk x questions`` indices whatever the number of resamples.
 """
 
-from __future__ import annotations
-
 from typing import Sequence
 
 import numpy as np

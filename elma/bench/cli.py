@@ -9,8 +9,6 @@ be written. Errors are one line on stderr. Only the standard library is imported
 ``elma-bench --help`` works without onnxruntime or torch.
 """
 
-from __future__ import annotations
-
 import argparse
 import logging
 import sys

@@ -15,8 +15,6 @@ so that only how the model is run differs:
 torch and transformers are imported inside the configurations that need them.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 from dataclasses import dataclass

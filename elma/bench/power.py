@@ -5,8 +5,6 @@ window's energy is that of all of them together (``energy_per_question_mj`` divi
 the round times the configurations); for one configuration's energy use ``elma-energy``.
 """
 
-from __future__ import annotations
-
 import contextlib
 import time
 from typing import Callable, List, Optional

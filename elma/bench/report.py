@@ -5,8 +5,6 @@ there, so a failed run leaves no partial report; an existing report at the targe
 ``overwrite`` (``elma-bench --overwrite``), and only once the new one is complete.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math

@@ -5,8 +5,6 @@ the per-question record (``QuestionResult``), one configuration over the questio
 ``summarise``), latency ratios with their interval (``RatioCI``), sweep points and the whole report.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import platform

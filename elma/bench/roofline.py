@@ -17,8 +17,6 @@ The peak is measured, not taken from a data sheet: the best of a few float32 ``n
 kept, so that a busy moment does not lower it. ``latency bound = FLOPs / peak``.
 """
 
-from __future__ import annotations
-
 import time
 from dataclasses import dataclass
 from typing import Sequence

@@ -12,8 +12,6 @@
    roofline; energy per round with a power source (``elma.bench.power``).
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import statistics

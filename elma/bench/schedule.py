@@ -14,8 +14,6 @@ that cannot run here (``NotImplementedError``: its backend has no such graph; ``
 is missing) is dropped at warm-up, with the reason, before anything is timed.
 """
 
-from __future__ import annotations
-
 import logging
 import sys
 import time

@@ -23,8 +23,6 @@ Latency of a simulated setting is *simulated*: per question, the non-layer time 
 times of the timed every-exit chain (same question, same run), summed up to the simulated exit layer.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple

@@ -10,8 +10,6 @@ Works on any ``tokenizers.Tokenizer`` (WordPiece for BERT/MiniLM, the
 SentencePiece-derived one for ALBERT): no torch, no transformers.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 

@@ -9,8 +9,6 @@ Validation is strict because a silently wrong label costs hours of training:
 every error names the file and the question id, and nothing is returned half-read.
 """
 
-from __future__ import annotations
-
 import json
 from dataclasses import dataclass
 from pathlib import Path

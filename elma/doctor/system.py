@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 from elma.doctor.report import MISSING, OK, WRONG, Check
 
-MIN_PYTHON = (3, 8)  # setup.cfg python_requires
+MIN_PYTHON = (3, 6)  # setup.cfg python_requires (JetPack 4.6 on the TX2)
 # L4T release -> JetPack (shared/JETSON-NOTES.md section 5; NVIDIA's JetPack archive). Others print as "R<x>.<y>.<z>".
 JETPACK_OF_L4T = {"32.6.1": "4.6", "32.7.1": "4.6.1", "32.7.2": "4.6.2", "32.7.3": "4.6.3", "32.7.4": "4.6.4",
                   "35.2.1": "5.1", "35.3.1": "5.1.1", "35.4.1": "5.1.2", "36.3.0": "6.0", "36.4.0": "6.1",

@@ -12,8 +12,6 @@ limits a model:
   50 is chance, 100 perfect).
 """
 
-from __future__ import annotations
-
 from typing import Dict, List, Optional
 
 import numpy as np

@@ -20,8 +20,6 @@ warning gives their count. With a prediction for every question the results are
 identical to the official script.
 """
 
-from __future__ import annotations
-
 import collections
 import logging
 import math

@@ -29,8 +29,6 @@ network); ``post_json`` is injectable, so tests and integrators can swap it.
 Device side: Python 3.8 and the standard library only.
 """
 
-from __future__ import annotations
-
 import http.client
 import json
 import logging

@@ -17,8 +17,6 @@ acknowledgement and ``mark_uploaded``) stores it once.
 Device side: Python 3.8 and the standard library only.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import sqlite3

@@ -6,8 +6,6 @@ yields *instantaneous* per-rail power samples and the energy is integrated expli
 (``elma.power.integrate``); ``PowerSampler.read_cumulative_mj()`` is where the cumulative figure lives.
 """
 
-from __future__ import annotations
-
 import abc
 import logging
 from dataclasses import dataclass

@@ -14,8 +14,6 @@ is written on an error. Only the standard library
 is imported at module level, so ``elma-energy --help`` works without onnxruntime, torch or matplotlib.
 """
 
-from __future__ import annotations
-
 import argparse
 import logging
 import shlex

@@ -20,8 +20,6 @@ An energy figure is given only where samples were measured (or replayed): a wind
 reports ``None`` (``null`` in JSON), never 0; ``measured_s``/``coverage`` say how much of it the figure covers.
 """
 
-from __future__ import annotations
-
 import statistics
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence

@@ -8,8 +8,6 @@ the measurement's span: ``--source replay:samples.csv`` replays it, and measurin
 energy.json (their ``start_s``/``end_s``) on it gives the same figures.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 from dataclasses import asdict

@@ -6,8 +6,6 @@ twice on it with fast settings (one timed pass, no sweep, no baselines): once wi
 ``NoExitPolicy``). The windows are measured afterwards from the whole trace (``elma.power.energy_figures``).
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional

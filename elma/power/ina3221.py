@@ -12,8 +12,6 @@ Two driver layouts (../shared/JETSON-NOTES.md, "INA3221 sysfs"):
   sum of shunt voltages) and channels labelled ``NC`` are skipped (https://kernel.org/doc/Documentation/hwmon/ina3221.rst).
 """
 
-from __future__ import annotations
-
 import logging
 import re
 import time

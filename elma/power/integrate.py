@@ -7,8 +7,6 @@ source failed between those samples) is not integrated at all: its energy is unk
 figure appears only where samples were measured. Units: timestamps in s, power in mW, energy in mJ.
 """
 
-from __future__ import annotations
-
 import bisect
 import math
 from dataclasses import dataclass, field

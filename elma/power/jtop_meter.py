@@ -7,8 +7,6 @@ follows ``elma.power.rails`` like every other source. The structure is the one o
 (``jetson-stats<5``). ``jtop`` is imported only when this meter starts.
 """
 
-from __future__ import annotations
-
 import logging
 import time
 from pathlib import Path

@@ -12,8 +12,6 @@ Facts relied on (../shared/JETSON-NOTES.md section 3; verify on hardware where i
 (pyvisa-py, pure Python), ``""`` (an installed NI/Keysight VISA), or ``"instrument.yaml@sim"`` (pyvisa-sim).
 """
 
-from __future__ import annotations
-
 import logging
 import re
 import time

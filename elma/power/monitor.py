@@ -14,8 +14,6 @@ for one (``wait_s``). Per-layer windows are far shorter than most sampling perio
 ``wait_s=0`` and measure ``monitor.spans`` again once sampling has stopped.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Union

@@ -10,8 +10,6 @@ Rules (sources in ../shared/JETSON-NOTES.md, section 1 "Which rail is the total"
 - Any other set of rails: no total (``None``); the per-rail figures are still reported. Nothing is guessed.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 

@@ -13,8 +13,6 @@ open at the end); an empty cell is a rail (or total) with no value in that sampl
 with ``repr``, so a round trip is exact.
 """
 
-from __future__ import annotations
-
 import csv
 import io
 import logging

@@ -7,8 +7,6 @@ daemon and ``stop()`` is registered with ``atexit``, so a forgotten sampler neve
 nor leaves tegrastats running.
 """
 
-from __future__ import annotations
-
 import atexit
 import bisect
 import logging

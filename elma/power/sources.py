@@ -12,8 +12,6 @@ SOURCE is one of::
     auto                               the first of ina3221, jtop, tegrastats found on this machine
 """
 
-from __future__ import annotations
-
 import logging
 import shutil
 from dataclasses import dataclass

@@ -12,8 +12,6 @@ started. A line with no power rail, or with a rail value that looks like power b
 malformed: it is counted and skipped, never fatal.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import re

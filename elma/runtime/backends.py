@@ -24,8 +24,6 @@ Heavy modules (onnxruntime, torch, tensorrt) are imported inside the backend
 that needs them, so ``import elma.runtime.backends`` costs nothing.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import threading

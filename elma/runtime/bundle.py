@@ -19,8 +19,6 @@ either fully verified or refused with a ``BundleError`` naming the file. This
 module needs only the standard library (it runs on the device, Python 3.8).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

@@ -21,8 +21,6 @@ cache saves); one that fails to load is moved aside and exported again.
 Standard library at module level; torch and onnx only inside the export (device side, Python 3.8).
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import importlib.util

@@ -21,8 +21,6 @@ The calibration file must come from training material, never from the dev set
 the model is judged on.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple

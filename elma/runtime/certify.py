@@ -21,8 +21,6 @@ Keeping the grid and the order off the test part is what makes the p-values vali
 the questions they are computed from.
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import time

@@ -17,8 +17,6 @@ folder's is ignored (``SOURCE_STALE``): retraining or replacing the weights inva
 Standard library and ``elma.runtime.policies`` only (device side, Python 3.8).
 """
 
-from __future__ import annotations
-
 import json
 import os
 from dataclasses import dataclass

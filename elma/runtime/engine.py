@@ -39,8 +39,6 @@ done under a lock, and so is the whole loop when the backend is not thread-safe
 (TensorRT execution contexts); ONNX Runtime and torch steps run concurrently.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import os

@@ -7,8 +7,6 @@ valid while the file's size, mtime (ns), inode and device are unchanged. A memo 
 (read-only home, a full disk) only costs the hash. Standard library only (device side, Python 3.8).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import logging

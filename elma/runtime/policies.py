@@ -23,8 +23,6 @@ reads both; the result is a ``SkimmingPolicy`` whose decisions are its exit
 policy's, and whose ``skim_stage(layer)`` tells the runtime where to skim.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 

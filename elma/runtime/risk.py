@@ -16,8 +16,6 @@ passed has risk at most ``delta``.
 Pure functions, no I/O; scipy's binomial CDF when scipy is installed, else a log-space sum (both tested).
 """
 
-from __future__ import annotations
-
 import math
 from typing import Sequence
 

@@ -17,8 +17,6 @@ index ``gather_index`` builds; ``copy_runs`` turns one row of it into the few
 contiguous copies a GPU backend makes.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 

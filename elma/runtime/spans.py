@@ -7,8 +7,6 @@ candidates of the context tokens, at most ``max_answer_length`` tokens long;
 the answer text is cut from the original context by character offsets.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 

@@ -6,8 +6,6 @@ here casts to float32 first and works through log-sum-exp. Masked positions
 choice is part of the distribution the model is unsure about).
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import numpy as np

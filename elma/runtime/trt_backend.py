@@ -27,8 +27,6 @@ import. A ``TensorRTBackend`` is not thread-safe (one stream, shared scratch mem
 runtime serialises whole questions on it (``thread_safe = False``). No CUDA graph capture yet.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 from pathlib import Path

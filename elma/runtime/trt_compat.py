@@ -21,8 +21,6 @@ The Python API changed twice in the TensorRT versions JetPack ships (JP4.6:
   versions need a graph exported with ``--opset 13`` (8.0-8.4 parse opsets up to 13).
 """
 
-from __future__ import annotations
-
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple

@@ -13,8 +13,6 @@ Exit codes: 0 done (also "up to date"), 2 usage (an output already there), 3 a r
 line; the installed model untouched). Only the standard library is imported at module level.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import List, Tuple
 

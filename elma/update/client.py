@@ -12,8 +12,6 @@ the start again). Paths are under ``/v1/releases/`` with the device's bearer tok
 Device side: Python 3.8, standard library only (urllib, as the offload client).
 """
 
-from __future__ import annotations
-
 import errno
 import http.client
 import logging

@@ -7,8 +7,6 @@ release before it switches to it. A release that fails is marked bad by the upda
 Device side: Python 3.8; the runtime (onnxruntime or TensorRT) is imported when a check runs.
 """
 
-from __future__ import annotations
-
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple

@@ -24,8 +24,6 @@ or a malformed envelope is refused, so that no flipped byte goes unnoticed.
 Device side: Python 3.8, standard library only (plus ``signing``).
 """
 
-from __future__ import annotations
-
 import json
 import re
 import time

@@ -11,8 +11,6 @@ Private keys stay in their files on the publishing machine; only public keys and
 repository. Server side, but Python 3.8 clean like the rest of ``elma.update``.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import os

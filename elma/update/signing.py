@@ -16,8 +16,6 @@ read only by the publishing machine (``elma keys``, ``elma publish``) and never 
 Device side: Python 3.8; PyNaCl is imported when a key is used (the ``update`` extra).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

@@ -18,8 +18,6 @@ any point leaves ``current`` on the old release or the new one, and the next run
 Device side: Python 3.8, standard library only (POSIX: symlinks, ``fcntl``).
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import fcntl

@@ -23,8 +23,6 @@ point is finished or redone by the next run (see ``elma.update.store``).
 Device side: Python 3.8; the runtime is imported for the health check only.
 """
 
-from __future__ import annotations
-
 import errno
 import logging
 import os
