@@ -15,19 +15,14 @@ from pathlib import Path
 from typing import Optional
 
 from elma.fsutil import write_json
+from elma.runtime.bundle import sha256_file
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_BYTES = 1 << 20
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes (no memo)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# the bundle checker's hash: one definition of a file's sha256
+sha256_of = sha256_file
 
 
 def sha256_memo(path: "str | os.PathLike", memo_dir: Optional[Path] = None) -> str:
