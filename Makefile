@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Modules that must run on the device's Python: 3.6 (JetPack 4.6, the TX2; dataclasses from its backport) and up.
-DEVICE_SIDE := elma/__init__.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
+DEVICE_SIDE := elma/__init__.py elma/cli.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
                elma/data/squad.py elma/data/features.py elma/metrics elma/runtime elma/power elma/bench \
-               elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/doctor elma/update
+               elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/doctor elma/update \
+               elma/export/__init__.py elma/export/tensorrt_build.py
 
-.PHONY: setup demo test lint slow clean
+# A Python 3.6 for the device-side check against a real 3.6 (pyenv's where there is one).
+PY36 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.6*/bin/python) $(shell command -v python3.6))
+
+.PHONY: setup demo test lint device36 slow clean
 
 $(BIN)/elma: setup.cfg pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +31,15 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q -m "not slow"
+	$(MAKE) --no-print-directory device36
+
+# The device side on Python 3.6 (JetPack 4.6), answer for answer against this Python: tests/device36/check.sh.
+device36: setup
+	@if [ -n "$(PY36)" ]; then tests/device36/check.sh $(PY36) $(BIN); \
+	else echo "device36: skipped, no Python 3.6 on this machine (set PY36=/path/to/python3.6)"; fi
 
 slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv36 build *.egg-info

@@ -11,8 +11,6 @@ unexpected failure).
 Heavy modules (torch, transformers) are imported inside the commands that need them.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging
@@ -324,7 +322,8 @@ def cmd_build_engines(args) -> int:
 
 def _add_power(sub) -> None:
     p = sub.add_parser("power", help="power sources: sample one, print its energy, save the trace")
-    power_sub = p.add_subparsers(dest="power_command", required=True)
+    power_sub = p.add_subparsers(dest="power_command")
+    power_sub.required = True  # add_subparsers(required=) is 3.7+
     s = power_sub.add_parser("sample", help="sample a power source; print the measurement as JSON")
     s.add_argument("--source", default="auto", help="tegrastats | tegrastats-log:FILE | jtop | ina3221[:SYSFS_ROOT] | "
                    "keysight:VISA_RESOURCE[@CH[,CH]] | replay:FILE.csv | null | auto (default)")
@@ -566,7 +565,8 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="elma", description="ELMA: early-exit question answering")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
+    sub.required = True  # add_subparsers(required=) is 3.7+
     for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
                 _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
         add(sub)

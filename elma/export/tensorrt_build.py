@@ -21,8 +21,6 @@ refuses the engines elsewhere. ``tensorrt`` is imported only inside
 without a GPU.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import re

@@ -21,7 +21,8 @@ from elma.errors import UpdateError, UsageError
 
 def add_keys(sub) -> None:
     p = sub.add_parser("keys", help="signing keys and the root of trust of a release repository")
-    ks = p.add_subparsers(dest="keys_command", required=True)
+    ks = p.add_subparsers(dest="keys_command")
+    ks.required = True  # add_subparsers(required=) is 3.7+
     g = ks.add_parser("generate", help="write a new Ed25519 private key file (mode 0600)")
     g.add_argument("key_file")
     g.add_argument("--overwrite", action="store_true", help="replace an existing key file (its key is lost)")
