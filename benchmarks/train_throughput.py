@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compare-loops", action="store_true", help="old vs new trainer step, interleaved")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in --compare-loops")
+    p.add_argument("--modes", default=",".join(str(i) for i in range(len(MODES))),
+                   help="comma-separated rows of MODES to run (0-based; default: all)")
     p.add_argument("--out", help="JSON report")
     args = p.parse_args(argv)
     if args.threads:
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
     from elma.tokenization import pad_token_id
 
     rows = []
-    for name, pad_to_max, group, bf16 in MODES:
+    for name, pad_to_max, group, bf16 in [MODES[int(i)] for i in args.modes.split(",")]:
         torch.manual_seed(0)
         row = {"mode": name, **run_mode(model, windows, lengths, pad_token_id(tokenizer), args, pad_to_max, group, bf16)}
         rows.append(row)
@@ -163,7 +166,8 @@ def main(argv=None) -> int:
         r["speedup_vs_first"] = r["real_tokens_per_s"] / base
         print(f"{r['mode']:42} {r['real_tokens_per_s']:10.0f} {r['padded_share']:7.1%} {r['speedup_vs_first']:7.2f}x")
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "python": sys.version.split()[0], "args": vars(args), "rows": rows}
+              "torch": torch.__version__, "python": sys.version.split()[0], "args": vars(args), "rows": rows,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if args.compare_loops:
         loops = compare_loops(model, windows, lengths, pad_token_id(tokenizer), args)
         report["loops"] = loops
