@@ -191,8 +191,9 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="re-save a model folder (e.g. as a compact fp16 checkpoint)")
-    p.add_argument("model", help="ELMA model folder")
+    p = sub.add_parser("convert", help="re-save a model folder (e.g. as a compact fp16 checkpoint), or a training run's "
+                       "checkpoint.pt as a model folder")
+    p.add_argument("model", help="ELMA model folder, or a run's checkpoint.pt (a snapshot of a run that is still going)")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     _add_overwrite(p, "an ELMA model folder at -o")
@@ -209,7 +210,13 @@ def cmd_convert(args) -> int:
 
     check_outputs([Output(args.output_dir, "-o", folder=True, what="an ELMA model folder", replaces=(CONFIG_NAME,))],
                   args.overwrite, inputs=[args.model])
-    model, tokenizer = load_model(args.model)
+    if Path(args.model).is_file():
+        from elma.train.checkpoint import model_from_checkpoint
+
+        model, tokenizer, step = model_from_checkpoint(Path(args.model))
+        print(f"{args.model}: step {step}")
+    else:
+        model, tokenizer = load_model(args.model)
     out = Path(args.output_dir)
     with staged_dir(out, args.overwrite) as tmp:
         model.save_pretrained(tmp, dtype=getattr(torch, args.dtype))

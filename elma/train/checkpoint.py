@@ -14,6 +14,7 @@ Keys (a checkpoint written before devices and processes were added has only the 
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
@@ -86,3 +87,33 @@ def rank_rng(state: dict, rank: int, world_size: int) -> Optional[dict]:
                        "uninterrupted run", len(ranks), world_size)
         return ranks[0] if rank == 0 else None
     return ranks[rank]
+
+
+def model_from_checkpoint(path: Path):
+    """The model of a training run's checkpoint, in eval mode, with its tokenizer and step: a snapshot of a run that
+    is still going (``elma convert RUN/checkpoint.pt -o FOLDER``). Its exits carry no calibrated thresholds.
+
+    Raises:
+        ModelLoadError: the file is no checkpoint of ``elma train``, or the model it names cannot be built.
+    """
+    from dataclasses import replace
+
+    from elma.errors import ModelLoadError
+    from elma.train.backbone import build_model
+    from elma.train.trainer import TrainConfig
+
+    try:
+        state = load(path)
+        saved = state["config"]
+        weights, step = state["model"], int(state["step"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise ModelLoadError(f"{path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
+    model, tokenizer = build_model(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: its weights do not fit the model its settings build "
+                             f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    model.exit_config = replace(model.exit_config, null_thresholds=(), default_policy=None, calibration=None)
+    return model.eval(), tokenizer, step

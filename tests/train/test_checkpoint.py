@@ -104,3 +104,19 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(config, tmp_path, monkeypatch):
     assert "cuda" in state["rng_ranks"][0]
     result = train(replace(gpu, device="cpu"), resume=True)
     assert result.first_step == 3 and result.steps == 6
+
+
+def test_convert_turns_a_running_checkpoint_into_the_model_the_run_would_save(config, tmp_path, capsys):
+    from elma.cli import main as elma_main
+
+    train(config)  # 8 steps: the last checkpoint is the final step's
+    ckpt = Path(config.output_dir) / CHECKPOINT_NAME
+    assert elma_main(["convert", str(ckpt), "-o", str(tmp_path / "snap"), "--dtype", "float32"]) == 0
+    assert "step 8" in capsys.readouterr().out
+    final, snap = MultiExitQA.from_pretrained(config.output_dir), MultiExitQA.from_pretrained(tmp_path / "snap")
+    a, b = final.state_dict(), snap.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    assert elma_main(["convert", str(bad), "-o", str(tmp_path / "x")]) == 3
+    assert "not a checkpoint of `elma train`" in capsys.readouterr().err and not (tmp_path / "x").exists()
