@@ -26,6 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from elma.errors import BundleError, ModelLoadError, OutputExistsError
 
 SOURCE_CALIBRATED = "calibrated default"
+# a default stored with ``epsilon: null``: picked on a calibration set, but with no statistical guarantee
+SOURCE_UNCERTIFIED = "default, calibrated without a guarantee"
 SOURCE_NONE = "no calibrated default"
 SOURCE_STALE = "no calibrated default: the stored one was calibrated for other weights, run `elma calibrate` again"
 SOURCE_REQUESTED = "requested"  # the caller named the policy (--policy, policy=...)
@@ -40,7 +42,7 @@ class StoredDefault:
     """A model's default exit policy and where it comes from."""
 
     spec: str  # policy spec; "none" (full depth) when nothing usable is stored
-    source: str  # SOURCE_CALIBRATED, SOURCE_NONE or SOURCE_STALE
+    source: str  # SOURCE_CALIBRATED, SOURCE_UNCERTIFIED, SOURCE_NONE or SOURCE_STALE
     calibration: Optional[Dict[str, Any]] = None  # how it was certified, as stored (None when nothing is)
 
     def describe(self) -> str:
@@ -50,6 +52,13 @@ class StoredDefault:
 def describe_policy(spec: str, source: str) -> str:
     """What the commands print: ``entropy:2.37305,1.40823 (calibrated default)``."""
     return f"{spec} ({source})" if source else spec
+
+
+def _stored_source(calibration: Optional[Mapping[str, Any]]) -> str:
+    """A stored default is certified unless its calibration says ``epsilon: null`` (no guarantee)."""
+    if isinstance(calibration, Mapping) and "epsilon" in calibration and calibration["epsilon"] is None:
+        return SOURCE_UNCERTIFIED
+    return SOURCE_CALIBRATED
 
 
 def from_model_config(config: Mapping[str, Any], folder: Path, check_weights: bool = True) -> StoredDefault:
@@ -80,7 +89,7 @@ def from_model_config(config: Mapping[str, Any], folder: Path, check_weights: bo
 
         if sha256_memo(Path(folder) / WEIGHTS_NAME) != expected:
             return StoredDefault(FULL_DEPTH, SOURCE_STALE, calibration)
-    return StoredDefault(spec.strip(), SOURCE_CALIBRATED, calibration)
+    return StoredDefault(spec.strip(), _stored_source(calibration), calibration)
 
 
 def from_manifest(manifest: Mapping[str, Any], root: Path) -> StoredDefault:
@@ -105,7 +114,7 @@ def from_manifest(manifest: Mapping[str, Any], root: Path) -> StoredDefault:
     calibration = entry.get("calibration")
     if not isinstance(calibration, dict):  # `elma calibrate BUNDLE` keeps its figures beside the default
         calibration = {k: v for k, v in entry.items() if k not in ("default", "policies")} or None
-    return StoredDefault(spec.strip(), SOURCE_CALIBRATED, calibration)
+    return StoredDefault(spec.strip(), _stored_source(calibration), calibration)
 
 
 def read_default(path: Union[str, os.PathLike]) -> StoredDefault:
@@ -131,7 +140,7 @@ def default_policy(path: Union[str, os.PathLike]) -> Tuple[str, str]:
 
 def manifest_entry(stored: StoredDefault) -> Optional[Dict[str, Any]]:
     """The bundle manifest's ``exit_thresholds`` for a model folder's default (``elma export``); None if it has none."""
-    if stored.source != SOURCE_CALIBRATED:
+    if stored.source not in (SOURCE_CALIBRATED, SOURCE_UNCERTIFIED):
         return None
     return {"default": stored.spec, "calibration": stored.calibration, "from": "model config.json (elma export)"}
 

@@ -5,6 +5,7 @@ used by Runtime, elma-ask, elma-bench and the offload path when no policy is giv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,14 @@ def test_an_unusable_default_in_a_folder_is_a_model_error_unless_a_policy_is_giv
         Runtime.open(folder)
     with Runtime.open(folder, policy="none") as rt:
         assert rt.ask(QUESTION, CONTEXT).exit_layer == 3
+
+
+def test_a_default_stored_without_a_guarantee_says_so():
+    from elma.runtime.defaults import SOURCE_CALIBRATED, SOURCE_UNCERTIFIED, from_model_config
+
+    picked = {"elma": {"default_policy": "entropy:2.4,1.4", "calibration": {"delta": 1.0, "epsilon": None}}}
+    certified = {"elma": {"default_policy": "entropy:2.4,1.4", "calibration": {"delta": 1.0, "epsilon": 0.1}}}
+    assert from_model_config(picked, Path("m"), check_weights=False).describe() == \
+        "entropy:2.4,1.4 (default, calibrated without a guarantee)"
+    assert from_model_config(picked, Path("m"), check_weights=False).source == SOURCE_UNCERTIFIED
+    assert from_model_config(certified, Path("m"), check_weights=False).source == SOURCE_CALIBRATED
