@@ -288,6 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--model", required=True)
     r.add_argument("--data", required=True)
     r.add_argument("--policy", help="exit policy (default: the model's calibrated default)")
+    r.add_argument("--batch-size", type=int, default=16, help="questions per runtime batch (smaller: less memory)")
     r.add_argument("--limit", type=int, help="record this many questions drawn at random (default: all)")
     r.add_argument("--seed", type=int, default=0, help="of the --limit draw")
     r.add_argument("-o", "--output", required=True)
@@ -310,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "record":
         check_outputs([Output(args.output, "-o")], args.overwrite, inputs=[args.data])
-        write_json(args.output, record(args.model, args.data, limit=args.limit, seed=args.seed, policy=args.policy), args.overwrite)
+        write_json(args.output, record(args.model, args.data, args.batch_size, args.limit, args.seed, args.policy), args.overwrite)
         return 0
     rec = json.loads(Path(args.recording).read_text(encoding="utf-8"))
     costs, sources = load_costs(args.costs)

@@ -20,7 +20,7 @@ deferred, and the question stays queued for ``elma sync --upload`` (interactive
 mode also uploads in the background). ``--split N`` runs at most N layers on the
 device before an unsolved question goes to the server (N = the model's layers:
 never offload); ``--split auto`` learns N per model on this device (a bandit whose
-state is kept in ``--split-state``; ``elma.offload.split``, docs/offload.md).
+state is kept in ``--split-state``; ``elma.offload.split``, docs/offload-split.md).
 
 Exit codes: 0 answered (also when the answer is "no answer"), 2 usage or input
 error, 3 model or bundle error. Every error is one line on stderr.
