@@ -51,8 +51,8 @@ from elma.fsutil import atomic_write
 STATE_VERSION = 1
 # Fixed on the held-out split (benchmarks/split_bandit_sim.py tune, heldout-short.json), never on dev: see
 # docs/offload-split.md.
-DEFAULT_MU = 1.0
-DEFAULT_EXPLORATION = 0.25
+DEFAULT_MU = 0.5
+DEFAULT_EXPLORATION = 0.05
 
 
 class SplitStateError(DataError):
