@@ -4,9 +4,11 @@
     nice -n 15 python benchmarks/split_bandit_sim.py record --model models/elma-minilm-l6-squad2 \\
         --data heldout-short.json -o exits-heldout.json
     # fix mu and the exploration scale on one recording, then report on another with them
-    python benchmarks/split_bandit_sim.py tune exits-heldout.json --costs benchmarks/results/split-costs.json
-    python benchmarks/split_bandit_sim.py simulate exits-dev.json --costs benchmarks/results/split-costs.json \\
+    python benchmarks/split_bandit_sim.py tune exits-heldout.json --costs benchmarks/results/split-costs-loopback.json
+    python benchmarks/split_bandit_sim.py simulate exits-dev.json --costs benchmarks/results/split-costs-loopback.json \\
         --mu MU --exploration C -o results.json [--markdown results.md]
+
+Figures and how mu and the exploration were fixed: docs/offload-split.md.
 
 **What is recorded** (``record``): the device runtime (the model's cached ONNX bundle, its calibrated default exit
 policy) runs every layer of every question once (``Runtime.record_exits``); the policy is then simulated on those
