@@ -6,6 +6,7 @@
     elma-ask -i --context-file passage.txt          # one passage, many questions (line editing)
     elma-ask "..." --context-file p.txt --json --policy entropy:0.4,0.4 --backend onnxruntime --model BUNDLE
     elma-ask "..." --context-file p.txt --server http://10.0.0.2:8000 --token-file device.token --deadline-ms 300
+    elma-ask "..." --context-file p.txt --server URL --token-file device.token --split auto   # learn where to offload
 
 Without ``--policy`` the model's calibrated default policy runs (``none``, full depth, when it has none); the
 output says which policy ran, where it came from and which backend answered. A model folder (the shipped
@@ -16,7 +17,10 @@ runs the folder with PyTorch instead, and so does a machine without the export e
 With ``--server``, an unsolved question goes to the offload server (full-depth
 model) within ``--deadline-ms``; past it the local answer is printed, marked
 deferred, and the question stays queued for ``elma sync --upload`` (interactive
-mode also uploads in the background).
+mode also uploads in the background). ``--split N`` runs at most N layers on the
+device before an unsolved question goes to the server (N = the model's layers:
+never offload); ``--split auto`` learns N per model on this device (a bandit whose
+state is kept in ``--split-state``; ``elma.offload.split``, docs/offload-split.md).
 
 Exit codes: 0 answered (also when the answer is "no answer"), 2 usage or input
 error, 3 model or bundle error. Every error is one line on stderr.
@@ -71,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-ms", type=float, metavar="N", help="longest wait for the server, ms (default 300)")
     p.add_argument("--queue", metavar="FILE", help="offload record queue (default: $ELMA_OFFLOAD_QUEUE, else "
                    "~/.local/share/elma/offload.sqlite3)")
+    p.add_argument("--split", metavar="N|auto", help="with --server: run at most N layers here before an unsolved "
+                   "question is offloaded (N = the model's layers: never offload); auto learns N for this model on this "
+                   "device from measured costs and exit confidences")
+    p.add_argument("--split-state", metavar="FILE", help="state of --split auto (default: $ELMA_SPLIT_STATE, else "
+                   "~/.local/share/elma/split/MODEL_FINGERPRINT.json)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the runtime loads")
     return p
 
@@ -149,20 +158,25 @@ def answer_text(answer, backend: str = "") -> str:
     return f"{head}\n{detail}"
 
 
-def offload_json(question: str, result, backend: str = "") -> str:
-    """The local answer's fields, with text/no_answer of the answer given and where it came from."""
+def offload_json(question: str, result, backend: str = "", split=None) -> str:
+    """The local answer's fields, with text/no_answer of the answer given and where it came from (and, with
+    ``split`` = (layer, "fixed" or "learnt"), the split layer it ran under)."""
     local = result.local
     record = {"question": question, **local.to_dict(), "backend": backend, "text": result.text, "no_answer": result.no_answer,
               "local_text": local.text, "offloaded": result.offloaded, "deferred": result.deferred,
               "offload_reason": result.reason, "record_id": result.record_id, "offload_ms": result.offload_ms,
               "latency_ms": result.latency_ms}
+    if split is not None:
+        record["split"], record["split_source"] = split
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     return json.dumps(record, ensure_ascii=False)
 
 
-def offload_text(result, backend: str = "") -> str:
+def offload_text(result, backend: str = "", split=None) -> str:
     head = f"Answer: {result.text}" if not result.no_answer else "No answer in the passage."
     text = f"{head}\n{answer_text(result.local, backend).splitlines()[1]}"
+    if split is not None:
+        text += f"; split {split[0]} ({split[1]})"
     if result.offloaded:
         text += f"\n  offloaded ({result.reason}): the server's full-depth answer, {result.offload_ms:.1f} ms"
     elif result.deferred:
@@ -170,8 +184,14 @@ def offload_text(result, backend: str = "") -> str:
     return text
 
 
-def _ask(rt, question: str, context: str, args, out, offload=None, backend: str = "") -> None:
+def _ask(rt, question: str, context: str, args, out, offload=None, backend: str = "", splitter=None) -> None:
     try:
+        if splitter is not None:
+            result, split = splitter.ask(rt, question, context)
+            shown = (split, splitter.source)
+            print(offload_json(question, result, backend, shown) if args.json else offload_text(result, backend, shown),
+                  file=out)
+            return
         if offload is not None:
             result = offload.ask(rt, question, context, max_layer=args.max_layer)
             print(offload_json(question, result, backend) if args.json else offload_text(result, backend), file=out)
@@ -226,7 +246,7 @@ class FollowCurrent:
 
 
 def interactive(rt, context: str, args, stdin, out, offload=None, backend: str = "",
-                follow: Optional[FollowCurrent] = None) -> None:
+                follow: Optional[FollowCurrent] = None, splitter=None) -> None:
     """Read questions until EOF or an empty line; bad questions are reported and skipped. With ``follow``, each
     question goes to the release current at the time it is asked."""
     if stdin.isatty():
@@ -250,7 +270,7 @@ def interactive(rt, context: str, args, stdin, out, offload=None, backend: str =
         if follow is not None:
             rt = follow.get()
         try:
-            _ask(rt, question, context, args, out, offload, backend)
+            _ask(rt, question, context, args, out, offload, backend, splitter)
         except UsageError as err:
             print(f"{PROG}: {err}", file=sys.stderr)
 
@@ -265,6 +285,7 @@ def run(args, stdin=None, out=None) -> int:
             parse_policy(args.policy)
         except ValueError as err:
             raise UsageError(f"--policy: {err}") from err
+    check_split_flags(args)
     if args.question is not None and not args.question.strip():
         raise UsageError("the question is empty; ask something about the passage")
     want_interactive = args.interactive or args.question is None
@@ -280,17 +301,53 @@ def run(args, stdin=None, out=None) -> int:
             offload.queue.close()
 
 
+def check_split_flags(args) -> None:
+    """--split and --split-state, before any model is opened (the layer range is checked once it is)."""
+    if args.split is None:
+        if args.split_state is not None:
+            raise UsageError("--split-state needs --split auto")
+        return
+    from elma.offload.split_ask import AUTO, parse_split
+
+    try:
+        args.split = parse_split(args.split)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.server is None:
+        raise UsageError("--split needs --server URL: it says where to stop before offloading")
+    if args.max_layer is not None:
+        raise UsageError("--split and --max-layer both set the last local layer; give one")
+    if args.split_state is not None and args.split != AUTO:
+        raise UsageError("--split-state needs --split auto (a fixed split learns nothing)")
+
+
+def open_splitter(rt, args, offload):
+    """The ``SplitAsker`` of --split for ``rt``, or None."""
+    if args.split is None:
+        return None
+    from elma.offload.split_ask import SplitAsker
+    from elma.runtime.policies import NoExitPolicy
+
+    if args.split != "auto" and not 1 <= args.split <= rt.num_layers:
+        raise UsageError(f"--split must be in 1..{rt.num_layers} or auto (got {args.split})")
+    if isinstance(rt.resolve_policy(args.policy).exit_policy, NoExitPolicy):
+        raise UsageError("--split needs an exit policy that can be unsure (policy none never offloads): pass --policy, "
+                         "or calibrate the model (elma calibrate)")
+    return SplitAsker.open(rt, offload, args.split, args.split_state)
+
+
 def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) -> int:
     model = Path(args.model) if args.model else find_default_model()
     if not model.exists():
         raise ElmaError(f"{model}: no such model or bundle; pass --model BUNDLE (create one with `elma export`)")
     rt, backend = open_runtime(model, args.backend, args.policy)
     follow = None
-    if want_interactive and args.model is None and model == _installed():
+    if want_interactive and args.model is None and model == _installed() and args.split is None:
         follow = FollowCurrent(model, lambda path: open_runtime(path, args.backend, args.policy)[0], rt)
     with rt:
         if args.max_layer is not None and not 1 <= args.max_layer <= rt.num_layers:
             raise UsageError(f"--max-layer must be in 1..{rt.num_layers} (got {args.max_layer})")
+        splitter = open_splitter(rt, args, offload)
         if want_interactive:
             uploader = None
             if offload is not None:
@@ -298,14 +355,14 @@ def _run_model(args, context: str, want_interactive: bool, stdin, out, offload) 
 
                 uploader = BackgroundUploader(offload).start()
             try:
-                interactive(rt, context, args, stdin, out, offload, backend, follow)
+                interactive(rt, context, args, stdin, out, offload, backend, follow, splitter)
             finally:
                 if uploader is not None:
                     uploader.stop()
                 if follow is not None and follow.rt is not rt:
                     follow.rt.close()
         else:
-            _ask(rt, args.question, context, args, out, offload, backend)
+            _ask(rt, args.question, context, args, out, offload, backend, splitter)
     return EXIT_OK
 
 

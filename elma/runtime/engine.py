@@ -57,6 +57,7 @@ from elma.runtime.defaults import SOURCE_NONE, SOURCE_REQUESTED, from_manifest, 
 from elma.runtime.policies import ExitPolicy, NoExitPolicy, StaticPolicy, parse_policy
 from elma.runtime.skim import gather_index, keep_positions
 from elma.runtime.spans import SpanAnswer, decode_answer
+from elma.runtime.stats import max_prob
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Answer:
     best_span: str = ""  # the best span even when the verdict is no-answer
     policy_source: str = ""  # where the policy came from: "calibrated default", "no calibrated default", "requested"
     tokens_per_layer: Tuple[int, ...] = ()  # per step run: tokens of the question's windows that ran it (no padding)
+    exit_confidence: float = float("nan")  # smallest over the windows of min(max start prob, max end prob) at the exit
 
     @property
     def token_layers(self) -> int:
@@ -501,17 +503,24 @@ class Runtime:
             steps = tuple(step_ms[:exit_layer])
             unsolved = not isinstance(policy.exit_policy, NoExitPolicy) and not all(r.confident for r in qrows)
             tokens = tuple(sum(r.tokens[k] for r in qrows if k < len(r.tokens)) for k in range(exit_layer))
+            confidence = min(_confidence(r) for r in qrows)
             answers.append(_answer(span, exit_layer, self.num_layers, steps, prep_ms + sum(steps) + decode_ms, unsolved,
-                                   policy.spec, tuple(r.exit_layer for r in qrows), source, tokens))
+                                   policy.spec, tuple(r.exit_layer for r in qrows), source, tokens, confidence))
         return answers
+
+
+def _confidence(row: _Row) -> float:
+    """The row's exit confidence: the smaller of its start and end maximum probability at its exit layer."""
+    mask = row.answer_mask if row.live_mask is None else row.live_mask
+    return float(min(max_prob(row.start, mask), max_prob(row.end, mask)))
 
 
 def _answer(span: SpanAnswer, exit_layer: int, num_layers: int, steps: Tuple[float, ...], latency_ms: float,
             unsolved: bool, policy: str, window_layers: Tuple[int, ...], source: str = "",
-            tokens: Tuple[int, ...] = ()) -> Answer:
+            tokens: Tuple[int, ...] = (), confidence: float = float("nan")) -> Answer:
     score = span.span_score - span.null_score if np.isfinite(span.span_score) else float("-inf")
     if span.no_answer:
         return Answer("", -1, -1, score, True, exit_layer, num_layers, steps, latency_ms, unsolved, policy,
-                      len(window_layers), window_layers, span.text, source, tokens)
+                      len(window_layers), window_layers, span.text, source, tokens, confidence)
     return Answer(span.text, span.char_start, span.char_end, score, False, exit_layer, num_layers, steps, latency_ms,
-                  unsolved, policy, len(window_layers), window_layers, span.text, source, tokens)
+                  unsolved, policy, len(window_layers), window_layers, span.text, source, tokens, confidence)
