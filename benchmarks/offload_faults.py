@@ -4,7 +4,7 @@
 
 Starts its own PostgreSQL (tests/offload/pg_cluster.py: pgserver's binaries or the system's) and ``elma-serve --engine
 ray --replicas 2`` (a Ray started by elma-serve; no other Ray may run on this machine: replicas are found with
-``ray.init(address="auto")`` and Ray's state API). Devices are threads that behave like ``OffloadClient``: a batch of
+``ray.init(address="auto")`` and each deployment's ``describe``). Devices are threads that behave like ``OffloadClient``: a batch of
 records is retried, unchanged, until the server acknowledges it (HTTP 200). Checks, each counted in the JSON:
 
 1. overload: ``--overload-clients`` clients at once against a queue of ``--max-queued-requests``: every refusal is a
@@ -174,6 +174,16 @@ def replica_pids() -> Dict[str, List[int]]:
     return pids()
 
 
+def shutdown_serve() -> None:
+    """On a joined cluster elma-serve deletes only its application; Serve's proxy would keep this run's port."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+    serve.shutdown()
+
+
 def kill_run(url: str, token: str, db_url: str, proc, deployment: str, load_s: float, timeout_s: float) -> dict:
     with Devices(url, token, writers=4, askers=4, timeout_s=timeout_s) as devices:
         time.sleep(load_s)
@@ -203,6 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import httpx
     from pg_cluster import PgCluster
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below (servers, PostgreSQL)
+
     from elma.offload.server import free_port, hash_token, new_token
 
     token = new_token()
@@ -225,9 +237,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             with Devices(url, token, writers=0, askers=args.overload_clients, timeout_s=args.timeout_s) as devices:
                 time.sleep(args.load_s * 2)
             result["overload"] = devices.report()
+            print("overload:", json.dumps(result["overload"]), file=sys.stderr)
             # 2. kill -9: a model replica, then the ingress replica
             result["kill_model_replica"] = kill_run(url, token, pg.url, proc, "ElmaModel", args.load_s, args.timeout_s)
+            print("kill_model_replica:", json.dumps(result["kill_model_replica"]), file=sys.stderr)
             result["kill_ingress_replica"] = kill_run(url, token, pg.url, proc, "ElmaIngress", args.load_s, args.timeout_s)
+            print("kill_ingress_replica:", json.dumps(result["kill_ingress_replica"]), file=sys.stderr)
             # 3. PostgreSQL restarted like a crash under load
             with Devices(url, token, writers=4, askers=2, timeout_s=args.timeout_s) as devices:
                 time.sleep(args.load_s)
@@ -244,6 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             pg.stop()
+            if args.ray_address:
+                shutdown_serve()
     faults = [result[k] for k in ("kill_model_replica", "kill_ingress_replica", "postgres_restart")]
     # Refusals count against "ok" in the overload run; while the ingress replica is being replaced, Ray's proxy answers
     # with its own 5xx (reported in statuses): the device retries those as any 5xx.

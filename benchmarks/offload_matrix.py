@@ -28,7 +28,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import wait_healthy  # noqa: E402
+from offload_faults import shutdown_serve, wait_healthy  # noqa: E402
 from offload_load import run_load  # noqa: E402
 
 
@@ -65,6 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from pg_cluster import PgCluster
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below (servers, PostgreSQL)
     from elma.offload.server import free_port, hash_token, new_token
 
     cores = os.cpu_count() or 1
@@ -101,6 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         proc.wait(timeout=120)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+                    if args.ray_address and "ray" in engine.flags:
+                        shutdown_serve()
     finally:
         pg.stop()
     meta = {"model": args.model, "cores": cores, "requests_per_level": args.requests, "smoke": args.smoke}

@@ -129,6 +129,9 @@ class Ingress:
         self.store = RecordStore(config.db_url)
         self._elma_app = create_app(config, HandleAnswerer(model_handle, retry_after_s), self.store, tokens)
 
+    def describe(self) -> Dict[str, Any]:
+        return {"pid": os.getpid()}
+
     def __serve_build_asgi_app__(self):
         return self._elma_app
 
@@ -212,14 +215,15 @@ def stop(joined: bool = False) -> None:
         ray.shutdown()
 
 
-def replica_pids() -> Dict[str, List[int]]:
-    """Process ids of the live replicas, per deployment (Ray's state API); for fault tests."""
-    from ray.util.state import list_actors
+def replica_pids(attempts: int = 20) -> Dict[str, List[int]]:
+    """Process ids of the replicas, per deployment, asked through their handles (``describe``); for fault runs.
 
+    Ray's state API (``ray.util.state.list_actors``) would need the dashboard, which ``start`` leaves out to save
+    memory. Each call reaches one replica chosen by Serve's router, so several calls gather the pids of all of them.
+    """
     pids: Dict[str, List[int]] = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True):
-        name = actor.class_name or ""
-        for deployment in (MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT):
-            if name.startswith("ServeReplica:") and name.endswith(f":{deployment}") and actor.pid:
-                pids.setdefault(deployment, []).append(actor.pid)
+    for deployment in (MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT):
+        handle = serve.get_deployment_handle(deployment, APP_NAME)
+        seen = {handle.describe.remote().result(timeout_s=60)["pid"] for _ in range(attempts)}
+        pids[deployment] = sorted(seen)
     return pids
