@@ -166,7 +166,8 @@ def create_app(config: ServeConfig, answerer: Callable[[str, str], Dict[str, Any
             stored_new = await run_in_threadpool(store.store, device, rows)
         except Exception as err:
             logger.exception("record store failed")
-            raise ApiError(503, "store_unavailable", f"the record store failed ({type(err).__name__}); retry later") from err
+            raise ApiError(503, "store_unavailable", f"the record store failed ({type(err).__name__}); retry in 1 s",
+                           {"Retry-After": "1"}) from err
         return {"record_ids": list(dict.fromkeys(r["record_id"] for r in rows)), "stored_new": stored_new}
 
     return app

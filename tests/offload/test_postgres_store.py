@@ -112,3 +112,23 @@ def test_store_survives_a_postgres_restart(pg):
         with store.engine.begin() as conn:
             conn.execute(store.table.delete())
         store.close()
+
+
+def test_records_endpoint_while_postgres_is_down_is_a_503_with_retry_after(pg):
+    store = RecordStore(pg.url)
+    try:
+        client = TestClient(create_app(ServeConfig(max_body_bytes=4096), lambda q, c: {}, store, {hash_token("t"): "d"}))
+        batch = {"records": [record()]}
+        pg._run("pg_ctl", "-D", str(pg.data), "-m", "fast", "-w", "stop")
+        try:
+            down = client.post("/v1/records", json=batch, headers={"Authorization": "Bearer t"})
+        finally:
+            pg.start()
+        assert down.status_code == 503 and down.headers["retry-after"] == "1"
+        assert down.json()["error"]["code"] == "store_unavailable"
+        up = client.post("/v1/records", json=batch, headers={"Authorization": "Bearer t"})  # the device's retry
+        assert up.status_code == 200 and up.json()["stored_new"] == 1 and store.count() == 1
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(store.table.delete())
+        store.close()
