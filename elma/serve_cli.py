@@ -1,8 +1,10 @@
-"""``elma-serve``: the offload server (full-depth model, error-record store) on uvicorn.
+"""``elma-serve``: the offload server (full-depth model, error-record store) on uvicorn, or on Ray Serve.
 
     elma-serve --tokens tokens.txt --add-device jetson-01        # prints the new device's token once
     elma-serve --model BUNDLE --host 127.0.0.1 --port 8000 --db sqlite:///records.sqlite3 --tokens tokens.txt
     elma-serve ... --releases REPO     # also serve signed model releases (elma publish) to `elma update`
+    elma-serve ... --engine ray --replicas 2 --db postgresql+psycopg://elma@127.0.0.1/elma   # Ray Serve, batched
+    elma-serve ... --engine ray --ray-address auto                     # join a running Ray cluster (docs/ray-serve.md)
 
 Exit codes: 0 done (uvicorn stops gracefully on Ctrl-C or SIGTERM, then re-raises the signal), 2 usage or
 setup error (one line on stderr). Needs the ``serve`` extra.
@@ -37,6 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, help="largest request body (default 2200000)")
     p.add_argument("--rate-per-s", type=float, help="requests per second per device (default 20)")
     p.add_argument("--burst", type=int, help="requests a device may send at once (default 40)")
+    ray = p.add_argument_group("Ray Serve (--engine ray; docs/ray-serve.md)")
+    p.add_argument("--engine", choices=("uvicorn", "ray"), default="uvicorn",
+                   help="uvicorn: one process (default); ray: Ray Serve, model replicas, batching")
+    ray.add_argument("--ray-address", dest="address", metavar="ADDR", help="join this Ray cluster (e.g. auto, ray://HOST:10001) "
+                     "instead of starting Ray here")
+    ray.add_argument("--replicas", type=int, help="model replicas (default 1)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale the model replicas from this many ...")
+    ray.add_argument("--max-replicas", type=int, help="... up to this many")
+    ray.add_argument("--no-batching", dest="batching", action="store_false", default=None,
+                     help="answer one question at a time (default: batch concurrent questions into Runtime.ask_batch)")
+    ray.add_argument("--max-batch-size", type=int, help="questions per batch at most (default 8)")
+    ray.add_argument("--batch-wait-timeout-s", type=float, help="how long a batch waits to fill (default 0.005)")
+    ray.add_argument("--max-ongoing-requests", type=int, help="requests one replica holds at once (default 16)")
+    ray.add_argument("--max-queued-requests", type=int, help="requests queued for the replicas; beyond: 503 with "
+                     "Retry-After (default 64)")
+    ray.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per replica (default 1: cores / replicas)")
+    ray.add_argument("--replica-cpus", type=float, help="CPUs Ray reserves per replica (default 1)")
+    ray.add_argument("--object-store-mb", type=int, help="object store of the Ray started here (default 200)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -53,11 +73,15 @@ def run(args) -> int:
         print(f"{PROG}: added {args.add_device} to {args.tokens_file}; put the token above in the device's token file "
               f"(it is not stored anywhere)", file=sys.stderr)
         return 0
-    known = {f.name for f in fields(ServeConfig)}
+    from elma.offload.config import RayConfig, shared_store_problem
+
     try:
-        config = ServeConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+        config = ServeConfig(**config_args(args, ServeConfig))
+        ray_config = RayConfig(**config_args(args, RayConfig))
     except ValueError as err:
         raise ElmaError(str(err)) from err
+    if args.engine == "ray" and shared_store_problem(config.db_url, ray_config):
+        raise ElmaError(shared_store_problem(config.db_url, ray_config))
     tokens = load_tokens(Path(config.tokens_file))
     if config.releases_dir is not None and not (Path(config.releases_dir) / "root").is_dir():
         raise ElmaError(f"--releases {config.releases_dir}: not a release repository (create it with `elma keys init`)")
@@ -68,6 +92,9 @@ def run(args) -> int:
     except ImportError as err:
         raise ElmaError(f"the server needs the serve extra: pip install 'elma[serve]' ({err})") from err
     store = RecordStore(config.db_url)
+    if args.engine == "ray":
+        store.close()  # it opened (the URL works, the table exists); the ingress replica opens its own
+        return run_ray(config, ray_config, tokens, args.verbose)
     try:
         answerer = RuntimeAnswerer.open(config.model, config.backend)
     except ValueError as err:
@@ -80,6 +107,41 @@ def run(args) -> int:
     finally:
         answerer.close()
         store.close()
+    return 0
+
+
+def config_args(args, cls) -> dict:
+    """The flags given that name a field of the config dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in known and v is not None}
+
+
+def run_ray(config, ray_config, tokens, verbose: bool) -> int:
+    """Serve on Ray Serve until SIGINT or SIGTERM; then tear down what was started."""
+    import signal
+    import threading
+
+    try:
+        from elma.offload import ray_engine
+    except ImportError as err:
+        raise ElmaError(f"--engine ray needs Ray Serve: pip install 'elma[serve]' ({err})") from err
+    if config.model and not Path(config.model).exists():
+        raise ElmaError(f"--model {config.model}: no such bundle or model folder")
+    ray_engine.start(config, ray_config, tokens, log_to_driver=verbose)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        where = f"Ray cluster {ray_config.address}" if ray_config.address else "a Ray started here"
+        replicas = (f"{ray_config.min_replicas}-{ray_config.max_replicas}" if ray_config.max_replicas is not None
+                    else str(ray_config.replicas))
+        logging.getLogger(PROG).info("serving %s on %s with %s model replicas (batching %s) for %d devices on "
+                                     "http://%s:%d", config.model or "the reference model", where, replicas,
+                                     "on" if ray_config.batching else "off", len(tokens), config.host, config.port)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        ray_engine.stop(joined=ray_config.address is not None)
     return 0
 
 

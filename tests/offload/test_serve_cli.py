@@ -23,6 +23,10 @@ def test_add_device_prints_the_token_once_and_stores_its_hash(tmp_path, capsys):
     (["--tokens", "MISSING"], "cannot read the tokens file"),
     (["--tokens", "TOKENS", "--port", "0"], "port must be in 1..65535"),
     (["--tokens", "TOKENS", "--db", "nosuchdialect://x"], "cannot open the record store"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--replicas", "2"], "a SQLite record store serves one replica only"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--min-replicas", "1", "--max-replicas", "3"], "serves one replica only"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--min-replicas", "1"], "autoscaling needs both"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--max-batch-size", "32"], "max_ongoing_requests must be >= max_batch_size"),
 ])
 def test_setup_errors_are_one_line_exit_2(tmp_path, capsys, argv, match):
     tokens = tmp_path / "tokens.txt"
