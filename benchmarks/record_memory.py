@@ -1,30 +1,58 @@
-"""Peak memory of recording every exit: in batches (``elma.runtime.calibrate.record``) against one question at a
-time reduced on the fly (``elma.bench.sweep.record_exits``, what ``elma-bench`` does).
+"""Peak memory of ``elma-bench``: of recording every exit, and of a whole run with baselines and sweep.
 
-Each mode runs in its own child process, so that its ``ru_maxrss`` is its own. Prints one JSON object per mode:
-peak resident memory (MiB) after loading and at the end, the questions, and the bytes the sweep's record keeps.
-On MiniLM-L6 (13 ONNX Runtime sessions) batches of 32 dev questions held 8.7 GB after 96 questions (each
-session's arena grows to the largest batch and keeps it); one at a time 0.44 GB.
+Two measurements, each mode in its own child process so that its peak (``ru_maxrss``) is its own:
 
-    python benchmarks/record_memory.py BUNDLE --data dev.json --limit 96 [--batch 32]
+* ``record``: recording every exit in batches (``elma.runtime.calibrate.record``) against one question at a
+  time reduced on the fly (``elma.bench.sweep.record_exits``, what ``elma-bench`` does). On MiniLM-L6 (13
+  ONNX Runtime sessions) batches of 32 dev questions held 8.7 GB after 96 questions (each session's arena
+  grows to the largest batch and keeps it); one at a time 0.44 GB.
+
+      python benchmarks/record_memory.py record BUNDLE --data dev.json --limit 96 [--batch 32]
+
+* ``bench``: a whole ``elma-bench`` run (the arguments after ``--``) at each ``--limits`` N, so that what grows
+  with the questions shows apart from what is fixed. A thread samples the resident memory (``/proc/self/statm``,
+  every 10 ms) and every stage ``elma-bench`` logs is stamped with the memory then: what each stage adds.
+
+      python benchmarks/record_memory.py bench --limits 100 300 1000 --out benchmarks/results/bench-memory.json \\
+          -- B32 --data dev.json --policy SPEC --compare B8 --torch-model MODEL --sweep
+
+Prints (and with ``--out`` writes) one JSON object. Resident memory is what the kernel counts (ONNX Runtime's
+and PyTorch's allocations included, which ``tracemalloc`` does not see). Linux only (``/proc``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import List, Optional
 
 MODES = ("batched", "streamed")
+SAMPLE_S = 0.01  # resident memory sampling period of the bench mode
+TIMELINE_S = 2.0  # period of the (seconds, MiB) timeline the bench mode keeps
 
 
 def _peak_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process now (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# ---- record: batched against streamed --------------------------------------------------------------------------
 
 
 def measure(mode: str, bundle: str, data: str, limit: int, batch: int) -> dict:
@@ -49,24 +77,144 @@ def measure(mode: str, bundle: str, data: str, limit: int, batch: int) -> dict:
             "peak_rss_loaded_mib": loaded, "peak_rss_end_mib": _peak_mib(), "kept_bytes": kept, "seconds": seconds}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle")
-    p.add_argument("--data", required=True, help="SQuAD file")
-    p.add_argument("--limit", type=int, default=96, help="first N questions (default 96)")
-    p.add_argument("--batch", type=int, default=32, help="questions per batch of the batched mode (default 32)")
-    p.add_argument("--mode", choices=MODES, help="run one mode in this process (the parent runs each in a child)")
-    args = p.parse_args(argv)
+def record_main(args) -> int:
     if args.mode:
         print(json.dumps(measure(args.mode, args.bundle, args.data, args.limit, args.batch)))
         return 0
     out = {}
     for mode in MODES:
-        proc = subprocess.run([sys.executable, __file__, args.bundle, "--data", args.data, "--limit", str(args.limit),
-                               "--batch", str(args.batch), "--mode", mode], capture_output=True, text=True, check=True)
+        proc = subprocess.run([sys.executable, __file__, "record", args.bundle, "--data", args.data, "--limit",
+                               str(args.limit), "--batch", str(args.batch), "--mode", mode],
+                              capture_output=True, text=True, check=True)
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(json.dumps(out, indent=2))
+    _emit(out, args.out)
     return 0
+
+
+# ---- bench: a whole elma-bench run ------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples this process's resident memory in a daemon thread; ``mark(name)`` stamps a stage."""
+
+    def __init__(self, period_s: float = SAMPLE_S):
+        self.period_s = period_s
+        self.peak_mib = _rss_mib()
+        self.stages: List[dict] = []
+        self.timeline: List[tuple] = []  # (seconds, MiB) every TIMELINE_S
+        self._t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        next_s = 0.0
+        while not self._stop.wait(self.period_s):
+            now = _rss_mib()
+            self.peak_mib = max(self.peak_mib, now)
+            t = time.perf_counter() - self._t0
+            if t >= next_s:
+                self.timeline.append((round(t, 1), round(now, 1)))
+                next_s = t + TIMELINE_S
+
+    def mark(self, name: str) -> None:
+        """A stage begins: the memory now and the highest so far (the previous stages' peak)."""
+        now = _rss_mib()
+        self.peak_mib = max(self.peak_mib, now)
+        self.stages.append({"stage": name, "at_s": round(time.perf_counter() - self._t0, 2),
+                            "rss_mib": round(now, 1), "peak_so_far_mib": round(self.peak_mib, 1)})
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mark("end")
+
+
+class _StageHandler(logging.Handler):
+    """Stamps every INFO line of the elma-bench logger (one per stage) on the sampler."""
+
+    def __init__(self, sampler: RssSampler):
+        super().__init__(logging.INFO)
+        self.sampler = sampler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sampler.mark(record.getMessage()[:120])
+
+
+def bench_child(bench_args: List[str]) -> dict:
+    """One elma-bench run in this process, its memory sampled; the report's own figures added."""
+    sampler = RssSampler()
+    sampler.mark("start")
+    logging.getLogger("elma-bench").addHandler(_StageHandler(sampler))
+    from elma.bench.cli import main as bench_main
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, sampler:
+        rc = bench_main([*bench_args, "--no-progress", "--report-dir", str(Path(tmp) / "report")])
+        report = json.loads((Path(tmp) / "report" / "report.json").read_text()) if rc == 0 else {}
+    return {"exit_status": rc, "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mib": round(_peak_mib(), 1), "sampled_peak_rss_mib": round(sampler.peak_mib, 1),
+            "questions": report.get("questions"), "windows": report.get("windows"),
+            "sweep_record_bytes": report.get("sweep_record_bytes"), "report_peak_rss_mb": report.get("peak_rss_end_mb"),
+            "stages": sampler.stages, "timeline": sampler.timeline}
+
+
+def bench_main_(args) -> int:
+    if args.child:
+        print(json.dumps(bench_child(args.bench_args)))
+        return 0
+    runs = []
+    for n in args.limits or [None]:
+        argv = [*args.bench_args, *(["--limit", str(n)] if n else [])]
+        proc = subprocess.run(["nice", "-n", str(args.nice), sys.executable, __file__, "bench", "--child", "--", *argv],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            return proc.returncode
+        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run["command"] = "elma-bench " + " ".join(argv)
+        runs.append(run)
+        print(f"limit {n or 'all'}: peak {run['peak_rss_mib']:.0f} MiB, {run['seconds']:.0f} s", file=sys.stderr)
+    _emit({"machine": platform.platform(), "python": platform.python_version(), "runs": runs}, args.out)
+    return 0
+
+
+def _emit(obj: dict, out: Optional[str]) -> None:
+    text = json.dumps(obj, indent=2)
+    print(text)
+    if out:
+        from elma.fsutil import atomic_write
+
+        atomic_write(Path(out), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("record", help="batched against streamed recording of every exit")
+    r.add_argument("bundle")
+    r.add_argument("--data", required=True, help="SQuAD file")
+    r.add_argument("--limit", type=int, default=96, help="first N questions (default 96)")
+    r.add_argument("--batch", type=int, default=32, help="questions per batch of the batched mode (default 32)")
+    r.add_argument("--mode", choices=MODES, help="run one mode in this process (the parent runs each in a child)")
+    r.add_argument("--out", help="also write the JSON here")
+    b = sub.add_parser("bench", help="a whole elma-bench run (arguments after --) at each --limits N")
+    b.add_argument("--limits", type=int, nargs="+", help="question counts, one run each (default: the whole file)")
+    b.add_argument("--nice", type=int, default=0, help="niceness of the runs (memory does not depend on it)")
+    b.add_argument("--out", help="also write the JSON here")
+    b.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then elma-bench's arguments")
+    args = p.parse_args(argv)
+    if args.what == "record":
+        return record_main(args)
+    if args.bench_args and args.bench_args[0] == "--":
+        args.bench_args = args.bench_args[1:]
+    if not args.bench_args:
+        p.error("bench: give elma-bench's arguments after --")
+    return bench_main_(args)
 
 
 if __name__ == "__main__":

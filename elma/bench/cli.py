@@ -139,6 +139,7 @@ def run(args) -> int:
         result = run_bench(cfg, examples, on_stage=lambda s: logger.info("%s", s))
     except ValueError as err:
         raise UsageError(str(err)) from err
+    logger.info("writing the outputs")
     from elma.bench.report import write_report
     from elma.fsutil import write_json
 

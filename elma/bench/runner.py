@@ -222,6 +222,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         schedule, energy = _time(cfg, configs, examples, stage, policy.spec, notes, meter, sampler)
         configs = schedule.configs
         rss["timed"] = peak_rss_mb()
+        stage("summarising: metrics, simulated rows, sweep latencies, bootstrap intervals, roofline")
 
         first = [[replace(r, flops=float(c.flops(ex, r))) for r, ex in zip(rows, examples)]
                  for c, rows in zip(configs, schedule.results[0])]

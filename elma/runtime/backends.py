@@ -122,6 +122,11 @@ class OrtOptions:
     trt_cache_dir: Optional[str] = None  # TensorRT EP engine and timing caches; None: ~/.cache/elma/ort-trt/<bundle digest>
     trt_fp16: bool = False  # let the TensorRT EP build fp16 kernels (LayerNorm kept fp32 by trt_layer_norm_fp32_fallback)
     trt_max_batch: int = 8  # TensorRT EP profile: batches 1..this, windows 1..max_seq_length (elma.runtime.ort_trt)
+    # One CPU memory arena for every session of the process (ORT's environment allocator, shared_cpu_arena) instead
+    # of one per session: each arena grows to its session's largest run and keeps it, and a bundle has 2L+2
+    # sessions. Measured on MiniLM-L6 (fp32 and int8 bundles, chain and fused graph each, 10 dev questions): 447 -> 286
+    # MB; recording 100 dev questions on the fp32 bundle: 420 -> 200 MB (a 384-token window grew all 13 arenas).
+    shared_arena: bool = True
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
@@ -140,9 +145,36 @@ def import_onnxruntime():
     return onnxruntime
 
 
+_ARENA_LOCK = threading.Lock()
+_shared_arena: Optional[bool] = None  # None: not tried yet in this process; then whether it is registered
+
+
+def shared_cpu_arena(ort) -> bool:
+    """Register one CPU arena allocator with ONNX Runtime's environment, once per process; whether sessions can
+    share it (``session.use_env_allocators``). An onnxruntime without the API keeps an arena per session.
+
+    The environment is ORT's one per process, so the arena outlives every session (as a session's own arena
+    lives as long as the session): its memory is reused by the next runtime opened, not returned.
+    """
+    global _shared_arena
+    with _ARENA_LOCK:
+        if _shared_arena is None:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                # max_mem 0 and -1 for the extend strategy, initial chunk, dead bytes: ORT's defaults
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+                _shared_arena = True
+            except Exception as err:  # an older onnxruntime (no such API) or its own error types
+                logger.info("onnxruntime: no shared CPU arena (%s); one arena per session", err)
+                _shared_arena = False
+        return _shared_arena
+
+
 def session_options(ort, options: OrtOptions):
     """``ort.SessionOptions`` from ``OrtOptions``."""
     so = ort.SessionOptions()
+    if options.shared_arena and shared_cpu_arena(ort):
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

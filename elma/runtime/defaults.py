@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from elma.errors import BundleError, ModelLoadError, OutputExistsError
+from elma.runtime.model_config import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 
 SOURCE_CALIBRATED = "calibrated default"
 # a default stored with ``epsilon: null``: picked on a calibration set, but with no statistical guarantee
@@ -32,8 +33,6 @@ SOURCE_NONE = "no calibrated default"
 SOURCE_STALE = "no calibrated default: the stored one was calibrated for other weights, run `elma calibrate` again"
 SOURCE_REQUESTED = "requested"  # the caller named the policy (--policy, policy=...)
 FULL_DEPTH = "none"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -128,7 +127,7 @@ def read_default(path: Union[str, os.PathLike]) -> StoredDefault:
         from elma.runtime.bundle import read_manifest
 
         return from_manifest(read_manifest(path), path)
-    return from_model_config(_read_config(path), path)
+    return from_model_config(read_model_config(path), path)
 
 
 def default_policy(path: Union[str, os.PathLike]) -> Tuple[str, str]:
@@ -171,7 +170,7 @@ def write_default_policy(model_dir: Union[str, os.PathLike], spec: str, calibrat
     from elma.runtime.policies import StaticPolicy, parse_policy
 
     folder = Path(model_dir)
-    config = _read_config(folder)
+    config = read_model_config(folder)
     if not isinstance(spec, str):
         raise ValueError(f"the default policy must be a spec string (got {type(spec).__name__})")
     policy = parse_policy(spec)
@@ -201,16 +200,3 @@ def write_default_policy(model_dir: Union[str, os.PathLike], spec: str, calibrat
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # as MultiExitQA.save_pretrained writes it
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return from_model_config(config, folder)
-
-
-def _read_config(folder: Path) -> Dict[str, Any]:
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ModelLoadError(f"{folder}: neither a bundle (manifest.json) nor an ELMA model folder (config.json)") from err
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(config, dict) or not isinstance(config.get("elma"), dict):
-        raise ModelLoadError(f"{path}: not an ELMA model config (no 'elma' block); train one with `elma train`")
-    return config

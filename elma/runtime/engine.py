@@ -39,7 +39,6 @@ done under a lock, and so is the whole loop when the backend is not thread-safe
 (TensorRT execution contexts); ONNX Runtime and torch steps run concurrently.
 """
 
-import json
 import logging
 import os
 import threading
@@ -54,6 +53,7 @@ from elma.data.features import Window, WindowConfig, build_windows
 from elma.data.squad import Example
 from elma.errors import BundleError, ModelLoadError
 from elma.runtime.defaults import SOURCE_NONE, SOURCE_REQUESTED, from_manifest, from_model_config
+from elma.runtime.model_config import CONFIG_NAME, TOKENIZER_NAME, read_model_config
 from elma.runtime.policies import ExitPolicy, NoExitPolicy, StaticPolicy, parse_policy
 from elma.runtime.skim import gather_index, keep_positions
 from elma.runtime.spans import SpanAnswer, decode_answer
@@ -142,19 +142,17 @@ def bundle_info(bundle) -> ModelInfo:
 def model_folder_info(folder: Union[str, os.PathLike]) -> ModelInfo:
     """``ModelInfo`` of an ELMA model folder, read from its config.json (no torch needed)."""
     folder = Path(folder)
-    cfg_path = folder / "config.json"
+    cfg_path = folder / CONFIG_NAME
+    cfg = read_model_config(folder)
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         elma = cfg["elma"]
         windows = WindowConfig(int(elma.get("max_seq_length", 384)), int(elma.get("doc_stride", 128)),
                                int(elma.get("max_query_length", 64)))
         num_layers = int(cfg["num_hidden_layers"] if "num_hidden_layers" in cfg else cfg["n_layers"])  # DistilBERT: n_layers
         thresholds = tuple(float(t) for t in elma.get("null_thresholds") or ())
-    except FileNotFoundError as err:
-        raise ModelLoadError(f"{folder}: neither a bundle (manifest.json) nor an ELMA model folder (config.json)") from err
     except (ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{cfg_path}: not an ELMA model config ({err}); train one with `elma train`") from err
-    tokenizer = folder / "tokenizer.json"
+    tokenizer = folder / TOKENIZER_NAME
     if not tokenizer.is_file():
         raise ModelLoadError(f"{folder}: no tokenizer.json; the runtime needs the fast tokenizer (`elma convert` writes it)")
     stored = from_model_config(cfg, folder)

@@ -1,5 +1,5 @@
-"""Smoke test of benchmarks/record_memory.py on a tiny bundle: both modes run in their own process and report
-their peak memory and what they keep (no figure is asserted)."""
+"""Smoke test of benchmarks/record_memory.py on a tiny bundle: each mode runs in its own process and reports its
+peak memory (no figure is asserted)."""
 
 import json
 import sys
@@ -12,13 +12,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import record_memory  # noqa: E402
 
 
-def test_both_modes_report_their_peak(tiny_bundles, tiny_squad, capsys, monkeypatch):
-    root = Path(__file__).resolve().parents[2]
-    monkeypatch.setenv("PYTHONPATH", str(root))
-    assert record_memory.main([str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--limit", "5",
+@pytest.fixture
+def child_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+
+
+def test_both_record_modes_report_their_peak(tiny_bundles, tiny_squad, capsys, child_path):
+    assert record_memory.main(["record", str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--limit", "5",
                                "--batch", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"batched", "streamed"}
     for r in out.values():
         assert r["questions"] == 5 and r["peak_rss_end_mib"] >= r["peak_rss_loaded_mib"] > 0 and r["kept_bytes"] > 0
     assert out["batched"]["batch"] == 4 and out["streamed"]["batch"] == 1
+
+
+def test_bench_mode_runs_elma_bench_per_limit_and_stamps_its_stages(tiny_bundles, tiny_squad, capsys, child_path,
+                                                                     tmp_path):
+    out_file = tmp_path / "memory.json"
+    assert record_memory.main(["bench", "--limits", "2", "4", "--out", str(out_file), "--",
+                               str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", "static:1",
+                               "--sweep", "--warmup", "0", "--bootstrap", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert json.loads(out_file.read_text()) == out
+    assert [r["questions"] for r in out["runs"]] == [2, 4]
+    for r in out["runs"]:
+        assert r["exit_status"] == 0 and r["command"].endswith(f"--limit {r['questions']}")
+        assert r["peak_rss_mib"] >= r["sampled_peak_rss_mib"] * 0.9 > 0 and r["sweep_record_bytes"] > 0 and r["timeline"]
+        stages = [s["stage"] for s in r["stages"]]
+        assert stages[0] == "start" and stages[-1] == "end"
+        assert any(s.startswith("recording every exit") for s in stages), stages
+        assert all(s["peak_so_far_mib"] >= s["rss_mib"] > 0 for s in r["stages"])
+
+
+def test_bench_mode_needs_the_elma_bench_arguments():
+    with pytest.raises(SystemExit) as exc:
+        record_memory.main(["bench", "--limits", "2"])
+    assert exc.value.code == 2

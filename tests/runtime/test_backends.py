@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import PASSAGES  # noqa: E402
 
-from elma.runtime.backends import OrtBackend, OrtOptions, choose_providers, session_options  # noqa: E402
+from elma.runtime.backends import OrtBackend, OrtOptions, choose_providers, session_options, shared_cpu_arena  # noqa: E402
 from elma.runtime.bundle import load_bundle  # noqa: E402
 from elma.runtime.engine import Runtime  # noqa: E402
 
@@ -32,6 +32,27 @@ def test_sessions_do_not_spin(tiny_bundles):
         "session.intra_op.allow_spinning") == "1"
     with pytest.raises(ValueError, match="inter_op_threads"):
         OrtOptions(inter_op_threads=0)
+
+
+def test_sessions_share_one_cpu_arena_unless_told_not_to(tiny_bundles):
+    assert shared_cpu_arena(ort) and shared_cpu_arena(ort), "registered once, then reused (a second register fails)"
+    assert session_options(ort, OrtOptions()).get_session_config_entry("session.use_env_allocators") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: the session's own arena
+        session_options(ort, OrtOptions(shared_arena=False)).get_session_config_entry("session.use_env_allocators")
+    bundle = load_bundle(tiny_bundles.bundle("bert"))
+    ids = np.full((2, 9), 7, np.int32)
+    ids[1, 6:] = 0
+    mask = (ids != 0).astype(np.int32)
+    outputs = []
+    for options in (OrtOptions(shared_arena=False), OrtOptions(), OrtOptions()):  # two backends on one arena
+        with OrtBackend(bundle, options) as backend:
+            hidden = backend.embed(ids, np.zeros_like(ids))
+            for slot in range(backend.num_layers):
+                hidden = backend.run_layer(slot, hidden, mask)
+            outputs.append((*backend.run_exit(backend.num_layers - 1, hidden, mask), *backend.run_fused(ids, mask, ids * 0)))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_provider_choice():
