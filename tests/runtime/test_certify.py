@@ -215,7 +215,7 @@ def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
 def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consistency_risk(bundle):
     """Labelled with the model's own full-depth answers, the F1 drop of every setting is its disagreement with
     full depth: the two risks must certify the same settings with the same p-values."""
-    from elma.runtime.calibrate import record
+    from elma.runtime.calibrate import record_all
     from elma.runtime.certify import certify
     from elma.runtime.engine import Runtime
 
@@ -232,7 +232,7 @@ def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consisten
                     qa["answers"] = [] if qa["is_impossible"] else [{"text": ans.text, "answer_start": ans.char_start}]
         examples = parse_squad(unlabelled)
         assert any(e.answers for e in examples)
-        recorded = record(rt, examples)
+        recorded = record_all(rt, examples)
     split = split_questions(examples, 0.2, 0.25, seed=0)
     by_f1, points, full_f1 = certify(recorded, split, "f1", 80.0, 0.2)
     by_consistency, points_c, _ = certify(recorded, split, "consistency", 80.0, 0.2)
