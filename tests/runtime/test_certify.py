@@ -242,3 +242,38 @@ def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consisten
         assert (c.spec, c.passed, c.risk_points, c.p_value) == (other.spec, other.passed, other.risk_points,
                                                                 other.p_value), name
     assert any(c.spec and c.risk_points > 0 for c in by_f1.values()), "some certified setting loses F1"
+
+
+def test_a_skim_grid_is_certified_with_the_exit_settings_and_checked(bundle, tmp_path, capsys):
+    """One more recording pass per skim setting; the skimmed settings sit in the policies' sequences, the default is
+    the certified setting with the fewest token-layers, and its realised risk on the check part is reported."""
+    from elma.cli import main
+    from elma.runtime.bundle import load_bundle
+    from elma.runtime.engine import Runtime
+
+    data = tmp_path / "field.json"
+    data.write_text(json.dumps(payload(articles=12, labels=False)))
+    args = ["calibrate", str(bundle), "--data", str(data), "--risk", "consistency", "--delta", "80", "--epsilon", "0.2",
+            "--policies", "static,entropy", "--skim-layers", "1", "--skim-thresholds", "0.02,0.05"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 recording pass(es)" in out and "skim grid: skim:1,0.02, skim:1,0.05" in out
+    entry = load_bundle(bundle).manifest["exit_thresholds"]
+    assert entry["recording_passes"] == 3 and entry["skim_grid"] == ["skim:1,0.02", "skim:1,0.05"]
+    assert entry["cost"] == "token-layers" and entry["full_depth_token_layers"] > 0
+    static = entry["policies"]["static"]
+    assert static["settings"] == 3 * 3, "static:1..3 on each of the three records"
+    certified = {c["spec"]: c for c in entry["policies"].values() if c["spec"]}
+    best = min(certified.values(), key=lambda c: (c["mean_token_layers"], c["mean_layers"], c["risk_points"]))
+    assert entry["default"] in (best["spec"], "none+" + best["skim"] if best["skim"] else "none")
+    assert "+skim:1," in entry["default"], "on this random model skimming saves tokens within the loose delta"
+    check = entry["check"]
+    assert check is not None and check["questions"] == entry["check_questions"] > 0
+    assert check["risk_points"] >= 0 and check["mean_token_layers"] < check["full_depth_token_layers"]
+    assert f"check: risk {check['risk_points']:.3f}" in out
+    with Runtime.open(bundle) as rt:
+        assert rt.policy.spec == entry["default"] and rt.policy.skim_stages
+    for bad, msg in [(["--skim-layers", "1"], "both"), (["--skim-layers", "3", "--skim-thresholds", "0.1"], "layers after"),
+                     (["--skim-layers", "x", "--skim-thresholds", "0.1"], "skim grid")]:
+        assert main(args[:12] + ["--overwrite"] + bad) == 2, bad
+        assert msg in capsys.readouterr().err, bad
