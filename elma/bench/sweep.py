@@ -324,6 +324,7 @@ def question_results(record: ExitRecord, sim: Simulated, examples: Sequence[Exam
     out = []
     starts = np.append(record.first_window, sim.window_layer.shape[0])
     thresholds = record._threshold(sim.exit_layer)
+    tl = token_layers(record, sim.window_layer) if record.tokens is not None else np.zeros(len(examples), dtype=np.int64)
     for qi, ex in enumerate(examples):
         w = int(sim.best_window[qi])
         text = ""
@@ -333,7 +334,7 @@ def question_results(record: ExitRecord, sim: Simulated, examples: Sequence[Exam
         layers = tuple(int(x) for x in sim.window_layer[starts[qi]:starts[qi + 1]])
         out.append(QuestionResult(ex.qid, text, na_prob(float(sim.span_minus_null[qi]), float(thresholds[qi])),
                                   int(sim.exit_layer[qi]), layers, float(latency_ms[qi]), unsolved=bool(sim.unsolved[qi]),
-                                  flops=float(flops[qi])))
+                                  flops=float(flops[qi]), token_layers=int(tl[qi])))
     return out
 
 
@@ -380,19 +381,34 @@ class SweepSetting:
     mean_layers: float
     unsolved_rate: float
     exit_layer: np.ndarray  # (Q,) int8
+    mean_token_layers: float = 0.0  # per question (0: the record has no token counts)
+    skim: str = ""  # the record's skim stages ("" none)
 
 
 def simulate_grid(record: ExitRecord, on_policy: Optional[Callable[[str], None]] = None) -> List[SweepSetting]:
-    """Every setting of every sweep policy, simulated."""
+    """Every setting of every sweep policy, simulated; on a record made with skim stages, each with those stages
+    (one plot line per policy and skim setting: ``entropy+skim:2,0.001``)."""
     out = []
     for name in SWEEP_POLICIES:
+        label = f"{name}+{record.skim}" if record.skim else name
         if on_policy is not None:
-            on_policy(name)
+            on_policy(label)
         for policy in grid(record, name):
             sim = simulate(record, policy)
-            out.append(SweepSetting(name, policy.spec, 100 * float(sim.f1.mean()), 100 * float(sim.em.mean()),
-                                    sim.mean_layers, float(sim.unsolved.mean()), sim.exit_layer.astype(np.int8)))
+            tl = float(token_layers(record, sim.window_layer).mean()) if record.tokens is not None else 0.0
+            out.append(SweepSetting(label, sim.spec, 100 * float(sim.f1.mean()), 100 * float(sim.em.mean()),
+                                    sim.mean_layers, float(sim.unsolved.mean()), sim.exit_layer.astype(np.int8), tl,
+                                    record.skim))
     return out
+
+
+def token_fraction(record: ExitRecord, full: ExitRecord) -> np.ndarray:
+    """(Q, L) per question and layer: tokens the skimmed record's layer ran over the full record's, its windows
+    together: what scales the every-exit chain's step times into a skimmed setting's simulated latency."""
+    if record.tokens is None or full.tokens is None:
+        raise ValueError("the records have no token counts")
+    kept = np.add.reduceat(record.tokens.astype(np.float64), record.first_window, axis=0)
+    return kept / np.add.reduceat(full.tokens.astype(np.float64), full.first_window, axis=0)
 
 
 def simulated_latency_ms(exit_layer: np.ndarray, other_ms: np.ndarray, layer_ms: np.ndarray) -> np.ndarray:
@@ -408,27 +424,45 @@ def simulated_latency_ms(exit_layer: np.ndarray, other_ms: np.ndarray, layer_ms:
 
 
 def front_specs(settings: Sequence[SweepSetting]) -> List[str]:
-    """One spec per distinct (mean layers, F1) on the F1-vs-mean-layers front (what ``--measure-front`` times)."""
+    """One spec per distinct (mean layers, token-layers, F1) on the F1-vs-mean-layers front, and with skimmed
+    settings on the F1-vs-token-layers front (what ``--measure-front`` times)."""
     flags = pareto_front([(s.mean_layers, s.f1) for s in settings])
+    skimmed = any(s.skim for s in settings)
+    if skimmed:
+        flags = [a or b for a, b in zip(flags, pareto_front([(s.mean_token_layers, s.f1) for s in settings]))]
     seen, out = set(), []
     for s, on in zip(settings, flags):
-        if on and (s.mean_layers, s.f1) not in seen:
-            seen.add((s.mean_layers, s.f1))
+        key = (s.mean_layers, s.mean_token_layers, s.f1) if skimmed else (s.mean_layers, s.f1)
+        if on and key not in seen:
+            seen.add(key)
             out.append(s.spec)
     return out
 
 
 def sweep_points(settings: Sequence[SweepSetting], other_ms: np.ndarray, layer_ms: np.ndarray,
-                 measured: Optional[Dict[str, Tuple[float, float]]] = None) -> List[SweepPoint]:
-    """Sweep points with simulated latency and both fronts; ``measured``: spec -> (mean ms, F1) of timed rows (a
-    front point with the same mean layers and F1 as a timed one shares its figures)."""
-    by_key = {(s.mean_layers, s.f1): measured[s.spec] for s in settings if s.spec in (measured or {})}
-    ms = [float(simulated_latency_ms(s.exit_layer, other_ms, layer_ms).mean()) for s in settings]
+                 measured: Optional[Dict[str, Tuple[float, float]]] = None,
+                 fractions: Optional[Dict[str, np.ndarray]] = None) -> List[SweepPoint]:
+    """Sweep points with simulated latency and the fronts; ``measured``: spec -> (mean ms, F1) of timed rows (a
+    front point with the same mean layers, token-layers and F1 as a timed one shares its figures).
+
+    ``fractions``: skim stages -> (Q, L) ``token_fraction``; a skimmed setting's step times are the chain's scaled
+    by the tokens each layer ran (an estimate: linear in tokens; ``--measure-front`` times the front for real).
+    """
+    skimmed = any(s.skim for s in settings)
+
+    def key(s: SweepSetting) -> tuple:
+        return (s.mean_layers, s.mean_token_layers, s.f1) if skimmed else (s.mean_layers, s.f1)
+
+    by_key = {key(s): measured[s.spec] for s in settings if s.spec in (measured or {})}
+    ms = [float(simulated_latency_ms(s.exit_layer, other_ms, layer_ms * (fractions or {}).get(s.skim, 1.0)).mean())
+          for s in settings]
     front_layers = pareto_front([(s.mean_layers, s.f1) for s in settings])
     front_latency = pareto_front([(m, s.f1) for s, m in zip(settings, ms)])
+    front_tokens = pareto_front([(s.mean_token_layers, s.f1) for s in settings])
     out = []
-    for s, m, fl, ft in zip(settings, ms, front_layers, front_latency):
-        timed = by_key.get((s.mean_layers, s.f1)) if fl else None  # equivalent settings share the timed one
+    for s, m, fl, ft, fk in zip(settings, ms, front_layers, front_latency, front_tokens):
+        timed = by_key.get(key(s)) if (fl or fk) else None  # equivalent settings share the timed one
         out.append(SweepPoint(s.policy, s.spec, s.f1, s.exact, s.mean_layers, m, s.unsolved_rate, fl, ft,
-                              None if timed is None else timed[0], None if timed is None else timed[1]))
+                              None if timed is None else timed[0], None if timed is None else timed[1],
+                              s.mean_token_layers, fk, s.skim))
     return out
