@@ -62,6 +62,8 @@ def _add_train(sub) -> None:
                         ("--freeze-word-embeddings", "keep the word-embedding matrix fixed")]:
         p.add_argument(flag, action="store_true", default=None, help=help_)  # None: not given, --config decides
     p.add_argument("--exit-weights", help="exits' loss weights: linear (default, l/sum l), uniform, or w1,...,wL")
+    p.add_argument("--skim", metavar="SKIM", help="train with the runtime's token drop: skim:LAYER,THRESHOLD (stages "
+                   "joined by +); after LAYER, context tokens its exit rules out are masked for the later layers")
     p.add_argument("--answerability-weight", type=float, help="weight of its binary loss (default 1)")
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None)
     for name, typ in [("max-seq-length", int), ("doc-stride", int), ("max-query-length", int), ("batch-size", int),
