@@ -294,7 +294,7 @@ def certify(recordings: Recordings, split: Split, risk: str, delta_points: float
     out: Dict[str, PolicyCertificate] = {}
     points = 0
     for name in policies:
-        settings = [(key, p) for key, rec in learn_records.items() for p in sw.grid(rec, name)]
+        settings = [(key, p) for key, rec in learn_records.items() for p in _grid(rec, name)]
         points += len(settings)
         stats = np.empty((len(settings), 4))  # learn risk, learn cost, test risk, test cost
         for s, (key, policy) in enumerate(settings):
@@ -335,6 +335,12 @@ def certify(recordings: Recordings, split: Split, risk: str, delta_points: float
     return out, points, f1_of(full_gold_f1, split.test)
 
 
+def _grid(record, name: str) -> list:
+    """A policy's settings on a (learn part) record; ``none`` is one setting, full depth (skimming alone when the
+    record is skimmed)."""
+    return [NoExitPolicy()] if name == "none" else sw.grid(record, name)
+
+
 def _labelled(ex: Example) -> bool:
     return ex.is_impossible or bool(ex.answers)
 
@@ -355,8 +361,9 @@ def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence
     if not policies:
         raise ValueError("no policy to calibrate")
     for name in policies:
-        if name not in CALIBRATED_POLICIES:
-            raise ValueError(f"cannot calibrate policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}")
+        if name not in CALIBRATED_POLICIES + ("none",):
+            raise ValueError(f"cannot calibrate policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}, "
+                             f"or none (full depth: with a skim grid, skimming alone)")
 
 
 def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: float, epsilon: float = DEFAULT_EPSILON,

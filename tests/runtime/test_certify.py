@@ -277,3 +277,20 @@ def test_a_skim_grid_is_certified_with_the_exit_settings_and_checked(bundle, tmp
                      (["--skim-layers", "x", "--skim-thresholds", "0.1"], "skim grid")]:
         assert main(args[:12] + ["--overwrite"] + bad) == 2, bad
         assert msg in capsys.readouterr().err, bad
+
+
+def test_none_with_a_skim_grid_certifies_skimming_alone(bundle, tmp_path, capsys):
+    from elma.cli import main
+
+    data = tmp_path / "field.json"
+    data.write_text(json.dumps(payload(articles=12, labels=False)))
+    args = ["calibrate", str(bundle), "--data", str(data), "--risk", "consistency", "--delta", "80", "--epsilon", "0.2",
+            "--policies", "none", "--skim-layers", "1,2", "--skim-thresholds", "0.05", "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("none "))
+    assert "/3 passed)" in line, "none on each of the three records"
+    assert line.split()[1] in ("none", "none+skim:1,0.05", "none+skim:2,0.05")
+    default = out.strip().splitlines()[-1]
+    assert default.startswith("default policy: none+skim:") or default.startswith("default policy: none;")
+    assert "mean layers  3.00" in line, "skimming alone runs every layer"
