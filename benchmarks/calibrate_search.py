@@ -1,10 +1,11 @@
 """How long ``elma calibrate`` takes after the forward pass: simulating and testing every grid setting.
 
-The model's forward pass (``record``) is not run: a synthetic recording of N questions stands in for it,
-with every exit's logits drawn so that the distributions sharpen with depth (exits then spread over the
-layers, as with a trained model). Everything after the recording is the real code: per-window statistics,
-every policy's grid, per-question outcomes (span decoding, official F1), Learn then Test. Prints one JSON
-object: seconds per stage, settings tested, and the process's peak resident memory.
+The model's forward pass is not run: a synthetic recording of N questions stands in for it, with every exit's
+logits drawn so that the distributions sharpen with depth (exits then spread over the layers, as with a trained
+model), reduced to the compact record ``elma calibrate`` keeps (``elma.bench.sweep.ExitRecorder``: statistics,
+best spans and their F1 per window and exit). Everything after is the real code: every policy's grid on the
+learn part, the simulation of each setting, Learn then Test. Prints one JSON object: seconds per stage,
+settings tested, and the process's peak resident memory.
 
     python benchmarks/calibrate_search.py [--questions 6000] [--layers 12] [--tokens 384] [--risk consistency]
 
@@ -21,12 +22,13 @@ import time
 
 import numpy as np
 
+from elma.bench.sweep import ExitRecorder
 from elma.data.squad import Answer, Example
-from elma.runtime.calibrate import CALIBRATED_POLICIES, Recorded, _Question
+from elma.runtime.calibrate import CALIBRATED_POLICIES, Recordings
 from elma.runtime.certify import certify, choose_default, split_questions
 
 
-def synthetic_recording(questions: int, layers: int, tokens: int, seed: int = 0) -> Recorded:
+def synthetic_recording(questions: int, layers: int, tokens: int, seed: int = 0) -> Recordings:
     """A recording with one window per question (every 20th question has two), 12 articles' worth of titles."""
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(tokens)]
@@ -36,8 +38,9 @@ def synthetic_recording(questions: int, layers: int, tokens: int, seed: int = 0)
         offsets.append((pos, pos + len(w)))
         pos += len(w) + 1
     offsets.append(None)  # SEP
-    mask = np.array([i == 0 or o is not None for i, o in enumerate(offsets)], dtype=bool)
-    recorded = []
+    recorder = ExitRecorder(layers, [0.0] * layers)
+    examples = []
+    t0 = time.perf_counter()
     for q in range(questions):
         start = int(rng.integers(8, tokens - 12))
         answer = Answer(context[offsets[start][0]:offsets[start + 1][1]], offsets[start][0])
@@ -50,8 +53,9 @@ def synthetic_recording(questions: int, layers: int, tokens: int, seed: int = 0)
             target[0, start] = target[1, start + 1] = 1.0
             noise = rng.normal(0, 1, (layers, 2, tokens)).astype(np.float32)
             logits.append((noise + sharp * target[None]).astype(np.float32))  # (L, 2, T)
-        recorded.append(_Question(example, [offsets] * windows, logits, [mask] * windows))
-    return Recorded(recorded, layers, [0.0] * layers)
+        recorder.add(example, [(offsets, lg) for lg in logits])
+        examples.append(example)
+    return Recordings(examples, {"": recorder.finish()}, time.perf_counter() - t0)
 
 
 def main(argv=None) -> int:
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     recorded = synthetic_recording(args.questions, args.layers, args.tokens)
-    split = split_questions([q.example for q in recorded.questions], 0.2, 0.25, seed=0)
+    split = split_questions(recorded.examples, 0.2, 0.25, seed=0)
     t1 = time.perf_counter()
     policies = [x for x in args.policies.split(",") if x]
     certs, points, _ = certify(recorded, split, args.risk, args.delta, 0.1, policies)

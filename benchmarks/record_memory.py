@@ -2,8 +2,9 @@
 
 Two measurements, each mode in its own child process so that its peak (``ru_maxrss``) is its own:
 
-* ``record``: recording every exit in batches (``elma.runtime.calibrate.record``) against one question at a
-  time reduced on the fly (``elma.bench.sweep.record_exits``, what ``elma-bench`` does). On MiniLM-L6 (13
+* ``record``: recording every exit in batches with every exit's logits kept (``Runtime.record_exits``, what
+  ``elma calibrate`` did before it used the sweep's recorder) against one question at a time reduced on the fly
+  (``elma.bench.sweep.record_exits``, what ``elma-bench`` and ``elma calibrate`` do). On MiniLM-L6 (13
   ONNX Runtime sessions) batches of 32 dev questions held 8.7 GB after 96 questions (each session's arena
   grows to the largest batch and keeps it); one at a time 0.44 GB.
 
@@ -59,7 +60,6 @@ def measure(mode: str, bundle: str, data: str, limit: int, batch: int) -> dict:
     """Record ``limit`` questions in ``mode`` in this process; what it cost."""
     from elma.bench import sweep
     from elma.data.squad import load_squad
-    from elma.runtime import calibrate
     from elma.runtime.engine import Runtime
 
     examples = load_squad(Path(data))[:limit]
@@ -68,8 +68,10 @@ def measure(mode: str, bundle: str, data: str, limit: int, batch: int) -> dict:
         t0 = time.perf_counter()
         kept = 0
         if mode == "batched":
-            recorded = calibrate.record(rt, examples, batch_size=batch)
-            kept = sum(lg.nbytes for q in recorded.questions for lg in q.logits)
+            held = [logits for lo in range(0, len(examples), batch)  # every exit's logits, all kept
+                    for windows in rt.record_exits([(e.question, e.context) for e in examples[lo:lo + batch]])
+                    for _, logits in windows]
+            kept = sum(logits.nbytes for logits in held)
         else:
             kept = sweep.record_exits(rt, examples).nbytes
         seconds = time.perf_counter() - t0

@@ -60,6 +60,8 @@ def _add_train(sub) -> None:
                         ("--freeze-word-embeddings", "keep the word-embedding matrix fixed")]:
         p.add_argument(flag, action="store_true", default=None, help=help_)  # None: not given, --config decides
     p.add_argument("--exit-weights", help="exits' loss weights: linear (default, l/sum l), uniform, or w1,...,wL")
+    p.add_argument("--skim", metavar="SKIM", help="train with the runtime's token drop: skim:LAYER,THRESHOLD (stages "
+                   "joined by +); after LAYER, context tokens its exit rules out are masked for the later layers")
     p.add_argument("--answerability-weight", type=float, help="weight of its binary loss (default 1)")
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false", default=None)
     for name, typ in [("max-seq-length", int), ("doc-stride", int), ("max-query-length", int), ("batch-size", int),
@@ -419,9 +421,11 @@ def _add_calibrate(sub) -> None:
                         "the p-values (default: 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split by article (default: 0)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="questions per recording batch (default 1: ONNX Runtime keeps each session's arena at the "
-                        "largest batch it saw, so larger batches grow memory by GBs on a large set)")
+    p.add_argument("--skim-layers", default="", metavar="L1,L2",
+                   help="skim grid: layers to skim after (with --skim-thresholds); every layer x threshold is one more "
+                        "recording pass of the file, certified with the exit settings (default: no skimming)")
+    p.add_argument("--skim-thresholds", default="", metavar="T1,T2",
+                   help="skim grid: token probability thresholds, e.g. 0.001,0.01")
     p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
     _add_overwrite(p, "a calibration the bundle already has")
     p.set_defaults(func=cmd_calibrate)
@@ -429,6 +433,7 @@ def _add_calibrate(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     from elma.data.squad import load_squad
+    from elma.runtime.calibrate import skim_grid
     from elma.runtime.certify import calibrate, check_calibration_target, write_calibration
     from elma.runtime.engine import Runtime, is_bundle
 
@@ -443,11 +448,22 @@ def cmd_calibrate(args) -> int:
     if not args.dry_run:
         check_calibration_target(Path(args.bundle), args.overwrite)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    try:
+        skim_layers = [int(x) for x in args.skim_layers.split(",") if x.strip()]
+        skim_thresholds = [float(x) for x in args.skim_thresholds.split(",") if x.strip()]
+        skim_grid(skim_layers, skim_thresholds)  # usage errors before the file is read
+    except ValueError as err:
+        raise UsageError(f"skim grid: {err}") from err
     examples = load_squad(Path(args.data), check_offsets=False, labels=False)  # the f1 risk checks its labels
+
+    def on_pass(i: int, n: int, skim: str) -> None:
+        logging.getLogger("elma.calibrate").info("recording pass %d/%d: %s", i, n, skim or "no skimming")
+
     try:
         with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
+            skims = skim_grid(skim_layers, skim_thresholds, rt.num_layers)
             report = calibrate(rt, examples, args.risk, args.delta, args.epsilon, policies, args.default,
-                               args.check_fraction, args.learn_fraction, args.seed, args.batch_size)
+                               args.check_fraction, args.learn_fraction, args.seed, skims, on_pass)
     except ValueError as err:
         raise UsageError(str(err)) from err
     if not args.dry_run:
@@ -456,20 +472,26 @@ def cmd_calibrate(args) -> int:
     print(f"risk {report.risk} <= {report.delta_points:g} points with probability >= {1 - report.epsilon:g} "
           f"({report.epsilon_per_policy:.3g} per policy); {report.questions} questions by {report.split_unit}: "
           f"{report.learn_questions} learn, {report.n} test, {report.check_questions} check; {full}"
-          f"{report.num_layers} layers (recorded in {report.record_s:.1f} s, {report.grid_points} settings "
-          f"tested in {report.search_s:.1f} s)")
+          f"{report.num_layers} layers ({report.recording_passes} recording pass(es) in {report.record_s:.1f} s, "
+          f"{report.grid_points} settings tested in {report.search_s:.1f} s)")
+    if report.skim_grid:
+        print(f"skim grid: {', '.join(report.skim_grid)}; settings compared by mean token-layers (full depth "
+              f"{report.full_depth_token_layers:.0f} per question on the test part)")
     for name, c in report.policies.items():
         if c.spec is None:
             stop = "" if c.first_failure is None else f" (stopped at {c.first_failure}, p {c.first_failure_p:.3g})"
             print(f"{name:<10} no setting certified{stop}")
             continue
         f1 = "" if c.f1 is None else f"  F1 {c.f1:6.2f}"
-        line = (f"{name:<10} {c.spec:<32} mean layers {c.mean_layers:5.2f}  risk {c.risk_points:6.3f}  "
+        tl = f"  token-layers {c.mean_token_layers:.0f}" if report.skim_grid else ""
+        line = (f"{name:<10} {c.spec:<32} mean layers {c.mean_layers:5.2f}{tl}  risk {c.risk_points:6.3f}  "
                 f"p {c.p_value:.3g}  ({c.passed}/{c.settings} passed){f1}")
         if c.check is not None:
             check_f1 = "" if c.check.f1 is None else f", F1 {c.check.f1:.2f} (full {c.check.full_depth_f1:.2f})"
+            check_tl = (f", token-layers {c.check.mean_token_layers:.0f} of {c.check.full_depth_token_layers:.0f}"
+                        if report.skim_grid else "")
             line += (f"  | check: risk {c.check.risk_points:.3f}{'' if c.check.within_delta else ' ABOVE DELTA'}, "
-                     f"{c.check.mean_layers:.2f} layers{check_f1}")
+                     f"{c.check.mean_layers:.2f} layers{check_tl}{check_f1}")
         print(line)
     where = "not written (--dry-run)" if args.dry_run else f"written to {Path(args.bundle) / 'manifest.json'}"
     print(f"default policy: {report.default}; {where}")

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="every policy over a parameter grid: Pareto front and plots")
     p.add_argument("--measure-front", action="store_true", help="with --sweep: time each distinct setting on the "
                    "Pareto front for real (interleaved with the rest), beside its simulated latency")
+    p.add_argument("--sweep-skim", nargs="+", default=[], metavar="SKIM", help="with --sweep: also every policy "
+                   "with these skim settings (skim:2,0.001 ...), one more recording pass each; the report and a third "
+                   "plot add F1 vs mean token-layers")
     p.add_argument("--no-baselines", action="store_true", help="time the chosen policy alone: no chain, fused graph, "
                    "static:k, --compare, PyTorch eager or --hf-qa rows")
     p.add_argument("--compare", nargs="+", default=[], metavar="BUNDLE", help="other bundles of the model (e.g. its int8 "
@@ -103,6 +106,13 @@ def _config(args):
         raise UsageError(f"--torch-model {args.torch_model}: not an ELMA model folder (no config.json)")
     if args.measure_front and not args.sweep:
         raise UsageError("--measure-front times the points of a sweep: add --sweep")
+    if args.sweep_skim and not args.sweep:
+        raise UsageError("--sweep-skim adds skim settings to a sweep: add --sweep")
+    for skim in args.sweep_skim:
+        try:
+            check_model_and_policy(args.model, f"none+{skim}")
+        except UsageError as err:
+            raise UsageError(f"--sweep-skim {skim}: {str(err)[len('--policy: '):]}") from err
     if args.hf_qa is not None and not Path(args.hf_qa, "config.json").is_file():
         raise UsageError(f"--hf-qa {args.hf_qa}: not a Hugging Face checkpoint folder (no config.json)")
     for other in args.compare:
@@ -114,7 +124,7 @@ def _config(args):
                            baselines=not args.no_baselines, torch_model=args.torch_model, hf_qa=args.hf_qa,
                            ffn_size=args.ffn_size, progress=not args.no_progress, power_source=args.power_source,
                            power_interval_ms=args.power_interval_ms, compare=tuple(args.compare),
-                           bootstrap_resamples=args.bootstrap, seed=args.seed)
+                           bootstrap_resamples=args.bootstrap, seed=args.seed, sweep_skim=tuple(args.sweep_skim))
     except ValueError as err:
         raise UsageError(str(err)) from err
 

@@ -44,6 +44,7 @@ class Outcome:
     window_layers: Tuple[int, ...]
     layer_latency_ms: Tuple[float, ...] = ()  # per step run (runtime configurations)
     unsolved: bool = False
+    token_layers: int = 0  # tokens times layers run (runtime configurations; 0: from the window lengths)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,13 @@ class Configuration:
     def window_tokens(self, ex: Example) -> List[int]:
         """Tokens of each window the question is cut into (untimed; [] when unknown)."""
         return []
+
+    def token_layers(self, ex: Example, window_layers: Sequence[int]) -> int:
+        """Tokens times layers of the question when every window runs all its tokens to its exit (untimed; 0 when
+        the window lengths are unknown). Runtime answers with skimming carry their own count instead."""
+        lengths = self.window_tokens(ex)
+        layers = tuple(window_layers) if len(window_layers) == len(lengths) else (max(window_layers),) * len(lengths)
+        return int(sum(t * layer for t, layer in zip(lengths, layers)))
 
     def close(self) -> None:
         """Free what the configuration opened itself (idempotent)."""
@@ -118,7 +126,7 @@ class PolicyConfig(Configuration):
     def answer(self, ex: Example) -> Outcome:
         a = self.rt.ask(ex.question, ex.context, policy=self.policy)
         return Outcome(a.text, na_prob(a.score, self.rt.info.null_threshold(a.exit_layer)), a.exit_layer,
-                       tuple(a.window_exit_layers), tuple(a.layer_latency_ms), a.unsolved)
+                       tuple(a.window_exit_layers), tuple(a.layer_latency_ms), a.unsolved, a.token_layers)
 
     def flops(self, ex: Example, outcome: Outcome) -> float:
         return self._flops(ex, outcome.window_layers) if self._flops else 0.0
@@ -166,6 +174,9 @@ class FusedConfig(Configuration):
     def flops(self, ex: Example, outcome: Outcome) -> float:
         return self._flops(ex, outcome.window_layers) if self._flops else 0.0
 
+    def window_tokens(self, ex: Example) -> List[int]:
+        return self._flops.lengths(ex) if self._flops else []
+
 
 class TorchEagerConfig(Configuration):
     """``MultiExitQA`` of an ELMA model folder in PyTorch eager, its last exit's logits."""
@@ -195,6 +206,9 @@ class TorchEagerConfig(Configuration):
 
     def flops(self, ex: Example, outcome: Outcome) -> float:
         return self._flops(ex, outcome.window_layers) if self._flops else 0.0
+
+    def window_tokens(self, ex: Example) -> List[int]:
+        return self._flops.lengths(ex) if self._flops else []
 
 
 class HfQaConfig(Configuration):
@@ -242,6 +256,9 @@ class HfQaConfig(Configuration):
         self._window_tokens[ex.qid] = [len(o) for o in offsets]
         L = self.num_layers
         return Outcome(span.prediction, na_prob(span.span_score - span.null_score, 0.0), L, (L,) * len(offsets))
+
+    def window_tokens(self, ex: Example) -> List[int]:
+        return self._window_tokens.get(ex.qid, [])
 
     def flops(self, ex: Example, outcome: Outcome) -> float:
         lengths = self._window_tokens.get(ex.qid, [])

@@ -22,6 +22,7 @@ PREDICTIONS = "predictions.json"
 NA_PROBS = "na_probs.json"
 PLOT_LAYERS = "pareto_f1_vs_layers.png"
 PLOT_LATENCY = "pareto_f1_vs_latency.png"
+PLOT_TOKENS = "pareto_f1_vs_token_layers.png"
 
 
 def _json_safe(obj):
@@ -71,14 +72,15 @@ def side_by_side(report: BenchReport) -> List[str]:
     header = ["configuration", "latency", "mean ms", f"vs {refs[0]} [95% CI]"]
     if len(refs) > 1:
         header.append(f"vs {refs[1]} [95% CI]")
-    header += ["F1", "EM", "HasAns F1", "NoAns F1", "mean layers"]
+    header += ["F1", "EM", "HasAns F1", "NoAns F1", "mean layers", "token-layers", "tokens/layer"]
     rows = []
     for c in configs:
         row = [c.name, c.latency_source, f"{c.latency.mean_ms:.2f}", _ratio(c, 0)]
         if len(refs) > 1:
             row.append(_ratio(c, 1))
         row += [_metric(c, "f1"), _metric(c, "exact"), _metric(c, "HasAns_f1"), _metric(c, "NoAns_f1"),
-                f"{c.mean_exit_layer:.2f}"]
+                f"{c.mean_exit_layer:.2f}", f"{c.mean_token_layers:.0f}" if c.mean_token_layers else "-",
+                f"{c.mean_tokens_per_layer:.1f}" if c.mean_tokens_per_layer else "-"]
         rows.append(row)
     resamples = report.result.ratios[0].resamples if report.result.ratios else 0
     intro = ("Measured rows were timed interleaved: for each question every configuration answered it back to back, "
@@ -86,7 +88,9 @@ def side_by_side(report: BenchReport) -> List[str]:
              "other, equally often), batch 1, tokenisation to decoded answer. A ratio is the "
              "reference's mean latency over the row's (above 1: faster), with the paired bootstrap 95% interval over "
              f"questions ({resamples} resamples). \"simulated\" rows are not timed: their latency is the measured "
-             "every-exit chain's step times summed up to the simulated exit layer (elma/bench/sweep.py).")
+             "every-exit chain's step times summed up to the simulated exit layer (elma/bench/sweep.py). "
+             "token-layers: tokens times layers run per question, over its windows (what early exit and skimming "
+             "save); tokens/layer: per question, token-layers over its exit layer.")
     return ["## Side by side", "", intro, "", *_table(header, rows)]
 
 
@@ -131,11 +135,20 @@ def markdown(report: BenchReport) -> str:
         lines += ["## Sweep: Pareto front (F1 vs mean exit layer)", "",
                   f"{len(report.sweep)} settings simulated on recorded logits; {len(front)} on the front (settings with "
                   f"equal mean layers and F1 share a row). Latency simulated; every point is in report.json.", ""]
-        lines += _table(["policy", "F1", "EM", "mean layers", "mean ms (simulated)", "mean ms (measured)", "unsolved",
-                         "equivalent settings"],
-                        [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.exact:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_latency_ms:.2f}",
-                          "-" if p.measured_latency_ms is None else f"{p.measured_latency_ms:.2f}",
+        lines += _table(["policy", "F1", "EM", "mean layers", "token-layers", "mean ms (simulated)", "mean ms (measured)",
+                         "unsolved", "equivalent settings"],
+                        [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.exact:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_token_layers:.0f}",
+                          f"{p.mean_latency_ms:.2f}", "-" if p.measured_latency_ms is None else f"{p.measured_latency_ms:.2f}",
                           f"{100 * p.unsolved_rate:.1f}%", len(group) - 1] for group in same.values() for p in group[:1]])
+        if any(p.skim for p in report.sweep):
+            tfront = sorted((p for p in report.sweep if p.pareto_token_layers), key=lambda p: (p.mean_token_layers, -p.f1))
+            lines += ["## Sweep: Pareto front (F1 vs mean token-layers, skim settings included)", "",
+                      "Skimming runs fewer tokens in the same layers; a skimmed setting's simulated latency scales the "
+                      "chain's step times by the tokens each layer ran (an estimate; --measure-front times it).", ""]
+            lines += _table(["policy", "F1", "mean layers", "token-layers", "mean ms (simulated)", "mean ms (measured)"],
+                            [[f"`{p.spec}`", f"{p.f1:.2f}", f"{p.mean_layers:.2f}", f"{p.mean_token_layers:.0f}",
+                              f"{p.mean_latency_ms:.2f}",
+                              "-" if p.measured_latency_ms is None else f"{p.measured_latency_ms:.2f}"] for p in tfront])
     if report.roofline:
         roof = report.roofline
         lines += ["## Roofline", "", f"Measured float32 matmul peak {roof.peak.gflops_per_s:.1f} GFLOP/s "
@@ -171,8 +184,11 @@ def plot_sweep(points: Sequence[SweepPoint], folder: Path) -> List[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    for fname, key, front_key, xlabel in ((PLOT_LAYERS, "mean_layers", "pareto_layers", "mean exit layer"),
-                                          (PLOT_LATENCY, "mean_latency_ms", "pareto_latency", "mean latency, ms (simulated)")):
+    plots = [(PLOT_LAYERS, "mean_layers", "pareto_layers", "mean exit layer"),
+             (PLOT_LATENCY, "mean_latency_ms", "pareto_latency", "mean latency, ms (simulated)")]
+    if any(p.skim for p in points):
+        plots.append((PLOT_TOKENS, "mean_token_layers", "pareto_token_layers", "mean token-layers per question"))
+    for fname, key, front_key, xlabel in plots:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         by_policy: Dict[str, List[SweepPoint]] = {}
         for p in points:

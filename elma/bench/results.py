@@ -34,6 +34,7 @@ class QuestionResult:
     start_s: Optional[float] = None  # timed passes: clock reading just before the question (the power sampler's clock), s
     end_s: Optional[float] = None  # timed passes: clock reading just after its answer, s (elma-energy's per-question windows)
     flops: float = 0.0  # what the question cost in FLOPs at its exit layers (elma.bench.roofline.question_flops)
+    token_layers: int = 0  # tokens times layers run over its windows (fewer with skimming; 0: unknown)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class ConfigResult:
     mean_gflops_per_question: float
     unsolved_rate: float = 0.0  # share of questions no exit was confident about (policy rows)
     ratios: List[RatioCI] = field(default_factory=list)  # speed-up against each reference (the fused graph first)
+    mean_token_layers: float = 0.0  # per question: tokens times layers run over its windows (0: unknown)
+    mean_tokens_per_layer: float = 0.0  # per question: token-layers / exit layer, averaged (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class SweepPoint:
     pareto_latency: bool  # on the front of (max F1, min mean latency)
     measured_latency_ms: Optional[float] = None  # with --measure-front: a real timed pass of this setting
     measured_f1: Optional[float] = None  # F1 of that pass (equals ``f1``: the simulation is exact)
+    mean_token_layers: float = 0.0  # per question: tokens times layers (skimming lowers it, not the layers)
+    pareto_token_layers: bool = False  # on the front of (max F1, min mean token-layers)
+    skim: str = ""  # the skim stages of the setting ("" none); part of ``spec``
 
 
 @dataclass(frozen=True)
@@ -257,8 +263,11 @@ def summarise(name: str, kind: str, source: str, examples: Sequence[Example], re
     qps = len(results) / wall_s if wall_s else (1e3 / lat.mean_ms if lat.mean_ms > 0 else float("inf"))
     unsolved_rate = sum(r.unsolved for r in results) / len(results)
     flops = [r.flops for r in results] if flops is None else flops
+    known = all(r.token_layers > 0 for r in results)
+    token_layers = float(np.mean([r.token_layers for r in results])) if known else 0.0
+    per_layer = float(np.mean([r.token_layers / r.exit_layer for r in results])) if known else 0.0
     return ConfigResult(name, kind, source, metrics, mean_layer, 1.0 - mean_layer / num_layers, hist, lat, qps,
-                        float(np.mean(flops)) / 1e9, unsolved_rate)
+                        float(np.mean(flops)) / 1e9, unsolved_rate, [], token_layers, per_layer)
 
 
 def same_outcomes(a: Sequence[QuestionResult], b: Sequence[QuestionResult]) -> bool:

@@ -81,6 +81,7 @@ class BenchConfig:
     warmup: int = 8  # questions answered untimed by every configuration first (sessions, allocator, caches)
     sweep: bool = False  # simulate every policy over a parameter grid; Pareto front and plots
     measure_front: bool = False  # with sweep: also time each distinct setting on the F1-vs-layers front, interleaved
+    sweep_skim: Tuple[str, ...] = ()  # with sweep: skim settings ("skim:2,0.001"), one more recording pass each
     baselines: bool = True  # chain, fused graph, static:k (simulated), PyTorch eager, --compare, --hf-qa
     torch_model: Optional[str] = None  # ELMA model folder for the PyTorch eager baseline of a bundle
     hf_qa: Optional[str] = None  # Hugging Face AutoModelForQuestionAnswering checkpoint folder, as a further baseline
@@ -215,7 +216,7 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         dims = model_dims(rt, cfg.torch_model, cfg.ffn_size)
         rss["loaded"] = peak_rss_mb()
 
-        record, settings, front = _record(cfg, rt, examples, stage, rss)
+        record, settings, front, fractions = _record(cfg, rt, examples, stage, rss)
         configs = build_configs(cfg, rt, dims, backend, record is not None, front, stack, notes, stage)
         for c in configs:
             stack.callback(c.close)
@@ -224,15 +225,15 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
         rss["timed"] = peak_rss_mb()
         stage("summarising: metrics, simulated rows, sweep latencies, bootstrap intervals, roofline")
 
-        first = [[replace(r, flops=float(c.flops(ex, r))) for r, ex in zip(rows, examples)]
-                 for c, rows in zip(configs, schedule.results[0])]
+        first = [[replace(r, flops=float(c.flops(ex, r)), token_layers=r.token_layers or c.token_layers(ex, r.window_layers))
+                  for r, ex in zip(rows, examples)] for c, rows in zip(configs, schedule.results[0])]
         paired = [np.mean([[r.latency_ms for r in rnd[i]] for rnd in schedule.results], axis=0) for i in range(len(configs))]
         rows = [summarise(c.name, c.kind, "measured", examples, res, c.num_layers, None) for c, res in zip(configs, first)]
         simulated: List[Tuple[ConfigResult, np.ndarray]] = []
         sweep_points: List[SweepPoint] = []
         record_bytes = record.nbytes if record is not None else 0
         if record is not None:
-            simulated, sweep_points = _simulated(cfg, record, settings, configs, first, rows, examples)
+            simulated, sweep_points = _simulated(cfg, record, settings, configs, first, rows, examples, fractions)
             notes.append(f"sweep record: {record_bytes / 1e6:.2f} MB for {record.questions} questions "
                          f"({record_bytes / record.questions:.0f} bytes per question)")
         del record, settings
@@ -261,20 +262,26 @@ def run_bench(cfg: BenchConfig, examples: Optional[List[Example]] = None,
 
 def _record(cfg: BenchConfig, rt, examples: Sequence[Example], stage, rss: Dict[str, Optional[float]]):
     """With baselines or a sweep: the compact record of every exit, the simulated sweep settings, and the front
-    settings to time (``--measure-front``). Returns (record or None, settings, front specs)."""
+    settings to time (``--measure-front``); with ``sweep_skim``, one more recording pass per skim setting, whose
+    settings join the sweep. Returns (record or None, settings, front specs, skim -> token fractions)."""
     if not (cfg.baselines or cfg.sweep):
-        return None, [], []
+        return None, [], [], {}
     from elma.bench import sweep as sw
 
     stage(f"recording every exit of {len(examples)} questions, one at a time (for the simulated rows)")
     record = sw.record_exits(rt, examples)
     rss["recorded"] = peak_rss_mb()
-    settings, front = [], []
+    settings, front, fractions = [], [], {}
     if cfg.sweep:
         settings = sw.simulate_grid(record, on_policy=lambda name: stage(f"sweep: {name}"))
+        for skim in cfg.sweep_skim:
+            stage(f"recording every exit of {len(examples)} questions with {skim} (sweep)")
+            skimmed = sw.record_exits(rt, examples, skim=skim)
+            settings += sw.simulate_grid(skimmed, on_policy=lambda name: stage(f"sweep: {name}"))
+            fractions[skimmed.skim] = sw.token_fraction(skimmed, record)
         front = sw.front_specs(settings) if cfg.measure_front else []
         rss["simulated"] = peak_rss_mb()
-    return record, settings, front
+    return record, settings, front, fractions
 
 
 def _time(cfg: BenchConfig, configs: List[Configuration], examples: Sequence[Example], stage, spec: str,
@@ -302,9 +309,9 @@ def _time(cfg: BenchConfig, configs: List[Configuration], examples: Sequence[Exa
 
 
 def _simulated(cfg: BenchConfig, record, settings, configs: List[Configuration], first, rows: List[ConfigResult],
-               examples: Sequence[Example]) -> Tuple[List[Tuple[ConfigResult, np.ndarray]], List[SweepPoint]]:
-    """``static:k`` rows (with their per-question simulated ms) and the sweep points, their latency simulated
-    from the timed every-exit chain of round 1."""
+               examples: Sequence[Example], fractions=None) -> Tuple[List[Tuple[ConfigResult, np.ndarray]], List[SweepPoint]]:
+    """``static:k`` rows (with their per-question simulated ms), the chosen policy without its skim stages when it
+    has any, and the sweep points, their latency simulated from the timed every-exit chain of round 1."""
     from elma.bench import sweep as sw
 
     kinds = [c.kind for c in configs]
@@ -321,11 +328,19 @@ def _simulated(cfg: BenchConfig, record, settings, configs: List[Configuration],
             res = sw.question_results(record, sim, examples, ms, [0.0] * len(examples))
             res = [replace(r, flops=float(configs[0].flops(ex, r))) for r, ex in zip(res, examples)]
             out.append((summarise(f"static:{k}", "static", "simulated", examples, res, record.num_layers, None), ms))
+        policy = configs[0].policy
+        if policy.skim_stages:  # the same exits without skimming: what skimming saves, in token-layers and F1
+            sim = sw.simulate(record, policy.exit_policy)
+            ms = sw.simulated_latency_ms(sim.exit_layer, other_ms, layer_ms)
+            res = sw.question_results(record, sim, examples, ms, [0.0] * len(examples))
+            res = [replace(r, flops=float(configs[0].flops(ex, r))) for r, ex in zip(res, examples)]
+            out.append((summarise(f"policy {policy.exit_policy.spec} (no skimming)", "no-skim", "simulated", examples,
+                                  res, record.num_layers, None), ms))
     points: List[SweepPoint] = []
     if settings:
         measured = {c.name[len("front "):]: (rows[i].latency.mean_ms, rows[i].metrics["f1"])
                     for i, c in enumerate(configs) if c.kind == "front"}
-        points = sw.sweep_points(settings, other_ms, layer_ms, measured)
+        points = sw.sweep_points(settings, other_ms, layer_ms, measured, fractions)
     return out, points
 
 

@@ -117,7 +117,8 @@ def run_interleaved(configs: Sequence[Configuration], examples: Sequence[Example
                     t1 = time.perf_counter()
                     end_s = clock()
                     per_config[c].append(QuestionResult(ex.qid, o.prediction, o.na_prob, o.exit_layer, o.window_layers,
-                                                        (t1 - t0) * 1e3, o.layer_latency_ms, o.unsolved, start_s, end_s))
+                                                        (t1 - t0) * 1e3, o.layer_latency_ms, o.unsolved, start_s, end_s,
+                                                        token_layers=o.token_layers))
                 if bar is not None:
                     f1_sum += question_f1(ex.answer_texts, per_config[0][-1].prediction)
                     bar.update(1)

@@ -19,6 +19,13 @@ failure. A policy's certified setting is its passed setting with the fewest mean
 the default is the certified setting with the fewest mean layers over all policies, else full depth.
 Keeping the grid and the order off the test part is what makes the p-values valid: they must not depend on
 the questions they are computed from.
+
+Skimming (``--skim-layers``, ``--skim-thresholds``): the file is recorded once more per skim setting
+(``elma.runtime.calibrate``), and each policy's sequence holds its grid on every record: the settings
+without skimming and the same policy with each skim setting (``entropy:2.4,2.9+skim:2,0.001``), ordered
+together by learn risk, at the same epsilon / (number of policies). Skimming saves tokens, not layers, so
+with a skim grid the cost that orders ties and picks the certified setting and the default is the mean
+token-layers per question (tokens times layers run, over its windows) instead of the mean layers.
 """
 
 import logging
@@ -29,15 +36,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from elma.bench import sweep as sw
 from elma.data.squad import Example
 from elma.errors import DataError
-from elma.runtime.calibrate import CALIBRATED_POLICIES, Recorded, record
-from elma.runtime.policies import ExitPolicy
+from elma.runtime.calibrate import (
+    CALIBRATED_POLICIES,
+    NO_SKIM,
+    Recordings,
+    against_reference,
+    full_depth_answers,
+    record_all,
+    subset,
+)
+from elma.runtime.policies import NoExitPolicy
 from elma.runtime.risk import fixed_sequence, hoeffding_bentkus_pvalue
 
 logger = logging.getLogger(__name__)
 
 RISKS = ("f1", "consistency")
+COSTS = ("layers", "token-layers")  # what a certified setting saves: mean exit layers, or tokens times layers
 DEFAULT_EPSILON = 0.1  # 1 - confidence of the guarantee
 DEFAULT_CHECK_FRACTION = 0.2  # of the questions, by article, measured on only
 DEFAULT_LEARN_FRACTION = 0.25  # of the remaining questions, by article, that build and order the grids
@@ -108,8 +125,8 @@ def certify_sequence(learn_risk: np.ndarray, learn_layers: np.ndarray, test_risk
     """Learn then Test over the settings of one policy.
 
     Args:
-        learn_risk, learn_layers: (S,) mean loss (0-1) and mean layers of each setting on the learn part; they
-            set the order (ascending risk, then descending layers: most conservative first).
+        learn_risk, learn_layers: (S,) mean loss (0-1) and mean cost (layers, or token-layers) of each setting on
+            the learn part; they set the order (ascending risk, then descending cost: most conservative first).
         test_risk, test_layers: (S,) the same on the test part, of ``n_test`` questions.
         delta: the risk level (0-1 loss scale).
         epsilon: the error level of this sequence.
@@ -135,6 +152,8 @@ class CheckResult:
     mean_layers: float
     f1: Optional[float]  # official F1 there, percent (None: unlabelled questions)
     full_depth_f1: Optional[float]
+    mean_token_layers: Optional[float] = None  # tokens times layers per question there
+    full_depth_token_layers: Optional[float] = None  # the same at full depth without skimming
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,8 @@ class PolicyCertificate:
     first_failure: Optional[str]  # the setting the sequence stopped at (None: every setting passed)
     first_failure_p: Optional[float]
     check: Optional[CheckResult]  # None without a check part or without a certified setting
+    mean_token_layers: Optional[float] = None  # on the test part: tokens times layers per question
+    skim: str = ""  # the certified setting's skim stages ("" none)
 
 
 @dataclass(frozen=True)
@@ -171,13 +192,17 @@ class LttReport:
     policies: Dict[str, PolicyCertificate]
     default: str  # the spec the runtime uses when none is given ("none": full depth)
     grid_points: int
-    record_s: float  # running the model once over the file
+    record_s: float  # running the model over the file (every recording pass)
     search_s: float  # simulating and testing every setting
+    cost: str = "layers"  # what orders ties and picks the certified settings: "layers" or "token-layers"
+    skim_grid: Tuple[str, ...] = ()  # skim settings recorded besides no skimming
+    recording_passes: int = 1  # passes of the model over the file: 1 + len(skim_grid)
+    full_depth_token_layers: Optional[float] = None  # test part, per question, full depth without skimming
 
     @property
     def default_check(self) -> Optional[CheckResult]:
         for cert in self.policies.values():
-            if cert.spec == self.default:
+            if cert.spec is not None and self.default in (cert.spec, _as_full_depth(cert)):
                 return cert.check
         return None
 
@@ -189,15 +214,22 @@ class LttReport:
                 "check": None if check is None else asdict(check), "data": data_name, "questions": self.questions,
                 "learn_questions": self.learn_questions, "check_questions": self.check_questions,
                 "split_unit": self.split_unit, "seed": self.seed, "full_depth_f1": self.full_depth_f1,
+                "cost": self.cost, "skim_grid": list(self.skim_grid), "recording_passes": self.recording_passes,
+                "full_depth_token_layers": self.full_depth_token_layers,
                 "policies": {k: asdict(v) for k, v in self.policies.items()}}
 
 
+def _as_full_depth(cert: PolicyCertificate) -> str:
+    """``none`` (with the certificate's skim stages): a setting that runs every layer, without its exit heads."""
+    return "none" + (f"+{cert.skim}" if cert.skim else "")
+
+
 def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional[str] = None,
-                   num_layers: Optional[int] = None) -> str:
+                   num_layers: Optional[int] = None, cost: str = "layers") -> str:
     """The policy spec to run when none is given: the certified setting of policy ``default`` if named, else
-    the certified setting with the fewest mean layers, else ``"none"`` (full depth, always within any delta).
-    Where the fewest is still every one of ``num_layers`` layers, ``"none"`` too: it reaches the same answers
-    without running the exit heads on the way.
+    the certified setting with the fewest mean layers (``cost="token-layers"``: token-layers), else ``"none"``
+    (full depth, always within any delta). Where that setting still runs every one of ``num_layers`` layers,
+    ``"none"`` (with its skim stages, if any): it reaches the same answers without running the exit heads.
 
     Raises:
         ValueError: ``default`` names a policy that was not calibrated or certified nothing.
@@ -210,80 +242,103 @@ def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional
         return str(certified[default].spec)
     if not certified:
         return "none"
-    best = min(certified.values(), key=lambda c: (c.mean_layers, c.risk_points))
+    if cost == "token-layers":
+        best = min(certified.values(), key=lambda c: (c.mean_token_layers, c.mean_layers, c.risk_points))
+    else:
+        best = min(certified.values(), key=lambda c: (c.mean_layers, c.risk_points))
     if num_layers is not None and best.mean_layers >= num_layers:
-        return "none"
+        return _as_full_depth(best)
     return str(best.spec)
 
 
-def _losses(recorded: Recorded, window_layers: np.ndarray, risk: str, full_gold_f1: np.ndarray) -> np.ndarray:
-    """(N,) per-question loss in [0, 1] of a setting whose windows exit at ``window_layers``."""
-    gold_f1, full_f1 = recorded.outcomes(window_layers)
-    if risk == "f1":
-        return np.maximum(0.0, full_gold_f1 - gold_f1)
-    return 1.0 - full_f1
+def certify(recordings: Recordings, split: Split, risk: str, delta_points: float, epsilon: float,
+            policies: Sequence[str] = CALIBRATED_POLICIES,
+            cost: Optional[str] = None) -> Tuple[Dict[str, PolicyCertificate], int, Optional[float]]:
+    """Learn then Test for each policy on the recorded calibration set, every skim setting in its sequence.
 
-
-def certify(recorded: Recorded, split: Split, risk: str, delta_points: float, epsilon: float,
-            policies: Sequence[str] = CALIBRATED_POLICIES) -> Tuple[Dict[str, PolicyCertificate], int, Optional[float]]:
-    """Learn then Test for each policy on a recorded calibration set.
+    Args:
+        recordings: the file recorded without skimming and per skim setting (``elma.runtime.calibrate``).
+        cost: "layers" or "token-layers"; None: token-layers when a skim setting was recorded, else layers.
 
     Returns:
         (certificate per policy, settings simulated, full-depth F1 on the test part or None).
     """
     _validate(risk, delta_points, epsilon, policies)
+    cost = cost or ("token-layers" if len(recordings.records) > 1 else "layers")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {', '.join(COSTS)} (got {cost!r})")
     delta = delta_points / 100.0
     eps_each = epsilon / len(policies)
-    labelled = np.array([_labelled(q.example) for q in recorded.questions])
+    examples = recordings.examples
+    labelled = np.array([_labelled(ex) for ex in examples])
     _check_labels(risk, labelled)
-    full_layers = np.full(recorded.num_windows, recorded.num_layers, dtype=np.int64)
-    full_gold_f1, _ = recorded.outcomes(full_layers)
+    full_gold_f1 = sw.simulate(recordings.full, NoExitPolicy()).f1  # (N,) 0-1
+    full_tl = sw.token_layers(recordings.full, np.full(recordings.num_windows, recordings.num_layers))
+    if risk == "f1":
+        scored = dict(recordings.records)
+    else:  # F1 against the full-depth answer without skimming
+        references = full_depth_answers(recordings)
+        scored = {k: against_reference(r, examples, references) for k, r in recordings.records.items()}
+    learn_records = {k: subset(r, split.learn) for k, r in recordings.records.items()}
 
     def f1_of(gold_f1: np.ndarray, idx: np.ndarray) -> Optional[float]:
         return float(100.0 * gold_f1[idx].mean()) if idx.size and labelled[idx].all() else None
 
+    def outcome(key: str, policy) -> Tuple[sw.Simulated, np.ndarray, np.ndarray, np.ndarray]:
+        """(simulation, per-question loss, layers, token-layers) of ``policy`` on record ``key``."""
+        sim = sw.simulate(scored[key], policy)
+        loss = np.maximum(0.0, full_gold_f1 - sim.f1) if risk == "f1" else 1.0 - sim.f1
+        return sim, loss, sim.exit_layer.astype(np.float64), \
+            sw.token_layers(recordings.records[key], sim.window_layer).astype(np.float64)
+
     out: Dict[str, PolicyCertificate] = {}
     points = 0
     for name in policies:
-        settings: List[ExitPolicy] = recorded.grid(name, questions=split.learn)
+        settings = [(key, p) for key, rec in learn_records.items() for p in _grid(rec, name)]
         points += len(settings)
-        stats = np.empty((len(settings), 4))  # learn risk, learn layers, test risk, test layers
-        for s, policy in enumerate(settings):
-            wl, _ = recorded.exit_layers(policy)
-            loss = _losses(recorded, wl, risk, full_gold_f1)
-            layers = recorded.question_layers(wl)
-            stats[s] = (loss[split.learn].mean(), layers[split.learn].mean(), loss[split.test].mean(),
-                        layers[split.test].mean())
+        stats = np.empty((len(settings), 4))  # learn risk, learn cost, test risk, test cost
+        for s, (key, policy) in enumerate(settings):
+            _, loss, layers, tl = outcome(key, policy)
+            c = tl if cost == "token-layers" else layers
+            stats[s] = (loss[split.learn].mean(), c[split.learn].mean(), loss[split.test].mean(), c[split.test].mean())
         seq = certify_sequence(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], split.test.size, delta, eps_each)
+        specs = [sw.spec_on(recordings.records[key], p) for key, p in settings]
         failure = None if seq.passed == len(settings) else int(seq.order[seq.passed])
-        fail_spec = None if failure is None else settings[failure].spec
+        fail_spec = None if failure is None else specs[failure]
         fail_p = None if failure is None else float(seq.p_values[seq.passed])
         if seq.chosen is None:
             out[name] = PolicyCertificate(name, len(settings), 0, None, None, None, None, None, fail_spec, fail_p, None)
             if fail_spec is None:
-                logger.warning("%s: no setting to test (a %d-layer model)", name, recorded.num_layers)
+                logger.warning("%s: no setting to test (a %d-layer model)", name, recordings.num_layers)
             else:
                 logger.warning("%s: no setting certified (the sequence stopped at %s, p = %.3g > %.3g)",
                                name, fail_spec, fail_p, eps_each)
             continue
         c = seq.chosen
-        chosen = settings[c]
-        wl, _ = recorded.exit_layers(chosen)
-        gold_f1, _ = recorded.outcomes(wl)
+        key, chosen = settings[c]
+        _, loss, layers, tl = outcome(key, chosen)
+        gold_f1 = sw.simulate(recordings.records[key], chosen).f1
         check = None
         if split.check.size:
-            loss = _losses(recorded, wl, risk, full_gold_f1)[split.check]
-            check_risk = float(100.0 * loss.mean())
+            check_risk = float(100.0 * loss[split.check].mean())
             check = CheckResult(int(split.check.size), check_risk, check_risk <= delta_points,
-                                float(recorded.question_layers(wl)[split.check].mean()),
-                                f1_of(gold_f1, split.check), f1_of(full_gold_f1, split.check))
+                                float(layers[split.check].mean()), f1_of(gold_f1, split.check),
+                                f1_of(full_gold_f1, split.check), float(tl[split.check].mean()),
+                                float(full_tl[split.check].mean()))
         p_chosen = float(seq.p_values[int(np.flatnonzero(seq.order == c)[0])])
-        out[name] = PolicyCertificate(name, len(settings), seq.passed, chosen.spec, float(stats[c, 3]),
-                                      float(100.0 * stats[c, 2]), p_chosen, f1_of(gold_f1, split.test),
-                                      fail_spec, fail_p, check)
-        logger.info("%s: %s certified (%d of %d settings passed), mean layers %.2f, risk %.3f points, p = %.3g",
-                    name, chosen.spec, seq.passed, len(settings), stats[c, 3], 100.0 * stats[c, 2], p_chosen)
+        out[name] = PolicyCertificate(name, len(settings), seq.passed, specs[c], float(layers[split.test].mean()),
+                                      float(100.0 * loss[split.test].mean()), p_chosen, f1_of(gold_f1, split.test),
+                                      fail_spec, fail_p, check, float(tl[split.test].mean()), key)
+        logger.info("%s: %s certified (%d of %d settings passed), mean layers %.2f, token-layers %.0f, risk %.3f "
+                    "points, p = %.3g", name, specs[c], seq.passed, len(settings), layers[split.test].mean(),
+                    tl[split.test].mean(), 100.0 * loss[split.test].mean(), p_chosen)
     return out, points, f1_of(full_gold_f1, split.test)
+
+
+def _grid(record, name: str) -> list:
+    """A policy's settings on a (learn part) record; ``none`` is one setting, full depth (skimming alone when the
+    record is skimmed)."""
+    return [NoExitPolicy()] if name == "none" else sw.grid(record, name)
 
 
 def _labelled(ex: Example) -> bool:
@@ -306,15 +361,16 @@ def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence
     if not policies:
         raise ValueError("no policy to calibrate")
     for name in policies:
-        if name not in CALIBRATED_POLICIES:
-            raise ValueError(f"cannot calibrate policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}")
+        if name not in CALIBRATED_POLICIES + ("none",):
+            raise ValueError(f"cannot calibrate policy {name!r}; choose from {', '.join(CALIBRATED_POLICIES)}, "
+                             f"or none (full depth: with a skim grid, skimming alone)")
 
 
 def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: float, epsilon: float = DEFAULT_EPSILON,
               policies: Sequence[str] = CALIBRATED_POLICIES, default: Optional[str] = None,
               check_fraction: float = DEFAULT_CHECK_FRACTION, learn_fraction: float = DEFAULT_LEARN_FRACTION,
-              seed: int = 0, batch_size: int = 32) -> LttReport:
-    """Record the calibration set once, then certify every policy's grid offline.
+              seed: int = 0, skims: Sequence[str] = (), on_pass=None) -> LttReport:
+    """Record the calibration set (once, plus once per skim setting), then certify every policy's grid offline.
 
     Args:
         runtime: an ``elma.runtime.engine.Runtime`` (any backend).
@@ -326,19 +382,24 @@ def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: flo
         policies: names to calibrate (``CALIBRATED_POLICIES``).
         default: the policy whose certified setting the runtime uses by default; None: the fastest certified.
         check_fraction, learn_fraction, seed: the split (``split_questions``).
+        skims: skim settings (``elma.runtime.calibrate.skim_grid``), one more recording pass each.
+        on_pass: called with (pass, passes, skim spec) before each recording pass.
     """
     _validate(risk, delta_points, epsilon, policies)
     _check_labels(risk, np.array([_labelled(ex) for ex in examples], dtype=bool))
     split = split_questions(examples, check_fraction, learn_fraction, seed)
-    t0 = time.perf_counter()
-    recorded = record(runtime, examples, batch_size)
+    recordings = record_all(runtime, examples, skims, on_pass)
     t1 = time.perf_counter()
-    certs, points, full_f1 = certify(recorded, split, risk, delta_points, epsilon, policies)
-    default_spec = choose_default(certs, default, recorded.num_layers)
+    certs, points, full_f1 = certify(recordings, split, risk, delta_points, epsilon, policies)
+    cost = "token-layers" if len(recordings.records) > 1 else "layers"
+    default_spec = choose_default(certs, default, recordings.num_layers, cost)
     t2 = time.perf_counter()
+    full_tl = sw.token_layers(recordings.full, np.full(recordings.num_windows, recordings.num_layers))
+    grid = tuple(k for k in recordings.records if k != NO_SKIM)
     return LttReport(risk, float(delta_points), float(epsilon), epsilon / len(policies), int(split.test.size),
                      len(examples), int(split.learn.size), int(split.check.size), split.unit, seed,
-                     recorded.num_layers, full_f1, certs, default_spec, points, t1 - t0, t2 - t1)
+                     recordings.num_layers, full_f1, certs, default_spec, points, recordings.record_s, t2 - t1,
+                     cost, grid, len(recordings.records), float(full_tl[split.test].mean()))
 
 
 def check_calibration_target(bundle_root, overwrite: bool) -> None:

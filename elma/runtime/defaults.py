@@ -150,8 +150,8 @@ def write_default_policy(model_dir: Union[str, os.PathLike], spec: str, calibrat
 
     Args:
         model_dir: an ELMA model folder (config.json with an ``elma`` block, model.safetensors).
-        spec: the policy spec (``"entropy:2.37305,1.40823"``; ``"none"`` when calibration certified nothing
-            faster than full depth).
+        spec: the policy spec (``"entropy:2.37305,1.40823"``, with skim stages ``"entropy:2.4,2.9+skim:2,0.001"``;
+            ``"none"`` when calibration certified nothing faster than full depth).
         calibration: how it was certified, JSON values only (e.g. risk, delta, epsilon, n, data). The sha256 of
             the folder's weights is added as ``weights_sha256``: the default holds for these weights only.
         overwrite: replace a default already stored (without it, that is refused).
@@ -175,8 +175,12 @@ def write_default_policy(model_dir: Union[str, os.PathLike], spec: str, calibrat
         raise ValueError(f"the default policy must be a spec string (got {type(spec).__name__})")
     policy = parse_policy(spec)
     layers = config.get("num_hidden_layers")
-    if isinstance(policy, StaticPolicy) and isinstance(layers, int) and policy.layer > layers:
-        raise ValueError(f"static exit layer {policy.layer} is beyond the model's {layers} layers")
+    base = policy.exit_policy
+    if isinstance(base, StaticPolicy) and isinstance(layers, int) and base.layer > layers:
+        raise ValueError(f"static exit layer {base.layer} is beyond the model's {layers} layers")
+    for stage in policy.skim_stages:  # a skimming default (elma calibrate --skim-layers) needs layers after each stage
+        if isinstance(layers, int) and stage.layer >= layers:
+            raise ValueError(f"skim after layer {stage.layer} leaves no layer to run (the model has {layers} layers)")
     if calibration is not None and not isinstance(calibration, Mapping):
         raise ValueError(f"calibration must be a mapping of JSON values (got {type(calibration).__name__})")
     info: Dict[str, Any] = dict(calibration or {})

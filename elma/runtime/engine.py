@@ -368,16 +368,27 @@ class Runtime:
         source = self.policy_source if policy is None else SOURCE_REQUESTED
         return self._answers(items, rows, step_ms, prep_ms, chosen, source)
 
-    def record_exits(self, items: Sequence[Tuple[str, str]]) -> List[List[Tuple[Window, np.ndarray]]]:
+    def record_exits(self, items: Sequence[Tuple[str, str]],
+                     skim: Union[None, str, ExitPolicy] = None) -> List[List[Tuple[Window, np.ndarray]]]:
         """Run every layer once and keep every exit's logits (what calibration simulates policies on).
 
+        Args:
+            skim: None, or a full-depth policy with skim stages (``"none+skim:2,0.001"``): the layers after each
+                stage run on the kept tokens, as any policy with those stages runs them.
+
         Returns:
-            Per question, per window: (window, (L, 2, T_w) float32 logits of every exit).
+            Per question, per window: (window, (L, 2, T_w) float32 logits of every exit); a token dropped by
+            skimming has -inf logits at the exits after its stage (so the finite entries of exit ``l`` are the
+            tokens layer ``l`` ran).
         """
+        policy = NoExitPolicy() if skim is None else self.resolve_policy(skim)
+        if not isinstance(policy.exit_policy, NoExitPolicy):
+            raise ValueError(f"record_exits runs full depth: give skim stages after none, e.g. none+skim:2,0.001 "
+                             f"(got {policy.spec})")
         for question, context in items:
             validate_input(question, context)
         windows = self.windows(items)
-        rows, _, _ = self._run(windows, NoExitPolicy(), self.num_layers, record=True)
+        rows, _, _ = self._run(windows, policy, self.num_layers, record=True)
         out: List[List[Tuple[Window, np.ndarray]]] = [[] for _ in items]
         for row in rows:
             logits = np.stack([np.stack([s, e]) for s, e in row.all_logits])  # (L, 2, T_w)

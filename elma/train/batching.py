@@ -46,12 +46,15 @@ def collate(windows: Sequence[Window], pad_id: int, pad_to: int = 0) -> dict:
     input_ids = torch.full((batch, seq), pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((batch, seq), dtype=torch.long)
     attention_mask = torch.zeros((batch, seq), dtype=torch.long)
+    context_mask = torch.zeros((batch, seq), dtype=torch.bool)  # context tokens (what skimming may drop)
     for i, w in enumerate(windows):
         n = len(w)
         input_ids[i, :n] = torch.tensor(w.input_ids)
         token_type_ids[i, :n] = torch.tensor(w.token_type_ids)
         attention_mask[i, :n] = 1
+        context_mask[i, :n] = torch.tensor([o is not None for o in w.offsets])
     return {
+        "context_mask": context_mask,
         "input_ids": input_ids,
         "token_type_ids": token_type_ids,
         "attention_mask": attention_mask,

@@ -155,9 +155,15 @@ class AllExits(nn.Module):
         return self.model.all_exits(input_ids, attention_mask, token_type_ids)
 
 
-def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """A module whose ``forward`` is ``model.all_exits``: DDP-wrapped when the job has several processes."""
-    module = AllExits(model)
+def wrap(model: nn.Module, env: DistEnv, device: torch.device, skim_stages: Sequence = ()) -> nn.Module:
+    """A module whose ``forward`` is ``model.all_exits`` (with ``skim_stages``: ``elma.train.skim.SkimmedAllExits``):
+    DDP-wrapped when the job has several processes."""
+    if skim_stages:
+        from elma.train.skim import SkimmedAllExits
+
+        module = SkimmedAllExits(model, skim_stages)
+    else:
+        module = AllExits(model)
     if not env.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel

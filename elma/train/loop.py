@@ -22,11 +22,13 @@ from elma.train.distributed import DistEnv, micro_batches, no_sync
 from elma.train.losses import LossParts
 
 MicroBatch = Tuple[dict, float]  # a collated batch and the weight of its mean loss (distributed.micro_batches)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the module's forward takes, in order
 
 
 def train_step(module: torch.nn.Module, micro: Sequence[MicroBatch], loss_fn: Callable[[object, dict], LossParts],
                optimizer: torch.optim.Optimizer, scheduler, precision: Precision, params: List[torch.nn.Parameter],
-               max_grad_norm: float, device: torch.device) -> Tuple[torch.Tensor, LossParts]:
+               max_grad_norm: float, device: torch.device,
+               inputs: Sequence[str] = MODEL_INPUTS) -> Tuple[torch.Tensor, LossParts]:
     """Run one optimiser step over this process' micro-batches.
 
     Args:
@@ -34,6 +36,7 @@ def train_step(module: torch.nn.Module, micro: Sequence[MicroBatch], loss_fn: Ca
         micro: this process' micro-batches of the step's global batch, with their loss weights.
         loss_fn: (ExitLogits, batch on device) -> LossParts.
         params: the parameters whose gradient norm is clipped.
+        inputs: the batch keys passed to ``module`` (training with skimming adds ``elma.train.skim.SKIM_INPUTS``).
 
     Returns:
         This process' weighted loss (a detached scalar: summed over processes and divided by their number it is
@@ -45,7 +48,7 @@ def train_step(module: torch.nn.Module, micro: Sequence[MicroBatch], loss_fn: Ca
         batch = to_device(batch, device)
         with no_sync(module, last=k == len(micro) - 1):
             with precision.autocast():
-                logits = module(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                logits = module(*(batch[k] for k in inputs))
             parts = loss_fn(logits, batch)
             loss = parts.total if weight == 1.0 else parts.total * weight
             precision.backward(loss)

@@ -40,8 +40,9 @@ from elma.train.batching import epoch_batches
 from elma.train.checkpoint import CHECKPOINT_NAME
 from elma.train.device import DEVICE_PATTERN, precision_for, resolve_device, rng_state, set_rng_state
 from elma.train.distributed import DistEnv, wrap
-from elma.train.loop import StepBatches, iterate, train_step
+from elma.train.loop import MODEL_INPUTS, StepBatches, iterate, train_step
 from elma.train.losses import multi_exit_loss, parse_exit_weights, with_teacher
+from elma.train.skim import SKIM_INPUTS, mask_teacher
 
 logger = logging.getLogger(__name__)
 __all__ = ["CHECKPOINT_NAME", "TrainConfig", "TrainResult", "build_model", "train"]
@@ -88,6 +89,9 @@ class TrainConfig:
     dataloader_workers: int = 0  # processes that collate batches ahead (GPU runs); results do not change
     teacher: Optional[str] = None  # extractive-QA model (HF folder or id, or ELMA folder) every exit learns from
     teacher_weight: float = 0.5  # w in (1-w)*loss + w*KL(teacher || exits), with a teacher
+    # Skim stages applied in training ("skim:2,0.001", several joined by +; elma.train.skim): after a stage's layer,
+    # context tokens its exit rules out are masked for the later layers, as the runtime's skimming drops them.
+    skim: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -116,6 +120,10 @@ class TrainConfig:
             raise ValueError("bf16 and fp16 exclude each other; pick one")
         parse_exit_weights(self.exit_weights)
         WindowConfig(self.max_seq_length, self.doc_stride, self.max_query_length)
+        if self.skim is not None:
+            from elma.train.skim import parse_skim
+
+            parse_skim(self.skim)
 
 
 @dataclass
@@ -211,6 +219,11 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
     model, tokenizer = build_model(config)
     try:
         parse_exit_weights(config.exit_weights, model.num_exits)
+        skim_stages = ()
+        if config.skim:
+            from elma.train.skim import parse_skim
+
+            skim_stages = parse_skim(config.skim, model.num_exits)
     except ValueError as err:
         raise UsageError(str(err)) from err
     teacher = None
@@ -267,12 +280,13 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
             del state
             log("resumed from step %d of %d", step, total)
 
-        module = wrap(model, env, device)
+        module = wrap(model, env, device, skim_stages)
         model.train()
         if config.two_stage:
             model.encoder.eval()  # frozen: no dropout either
         params = list(model.parameters())
         loss_fn = _loss_fn(config, train_exits, teacher, precision)
+        inputs = MODEL_INPUTS + (SKIM_INPUTS if skim_stages else ())
         losses: List[float] = []
         real_tokens = 0
         t_start = time.monotonic()
@@ -283,7 +297,7 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
             data = StepBatches(windows, batches[: total - step], pad_id, env, config.grad_accumulation)
             for micro in iterate(data, config.dataloader_workers, device.type == "cuda", config.seed + epoch):
                 loss, parts = train_step(module, micro, loss_fn, optimizer, scheduler, precision, params,
-                                         config.max_grad_norm, device)
+                                         config.max_grad_norm, device, inputs)
                 if env.distributed:
                     loss = env.sum(loss) / env.world_size  # the global batch's mean loss
                 step += 1
@@ -379,6 +393,9 @@ def _loss_fn(config: TrainConfig, train_exits: slice, teacher, precision):
             return parts
         with precision.autocast():  # the teacher reads the batch in the student's precision
             t_start, t_end = teacher.logits(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        live = getattr(logits, "live", None)
+        if live is not None:  # skimming: each exit learns the teacher over the tokens it ran
+            t_start, t_end = mask_teacher(t_start, live), mask_teacher(t_end, live)
         return with_teacher(parts, logits.start.float(), logits.end.float(), t_start, t_end, config.temperature,
                             config.teacher_weight, train_exits, config.exit_weights)
 

@@ -20,17 +20,28 @@ def test_small_run_reports_every_policy(capsys):
     assert out["default"] in set(out["certified"].values()) | {"none"} and out["search_s"] >= 0
 
 
-def test_statistics_over_all_layers_at_once_equal_the_policies_functions_on_long_windows():
-    recorded = calibrate_search.synthetic_recording(6, 12, 384, seed=1)
-    w = 0
-    for q in recorded.questions:
-        for lg, m in zip(q.logits, q.answer_masks):
-            for layer in range(12):
-                want = (float(entropy(lg[layer, 0], m)), float(entropy(lg[layer, 1], m)),
-                        min(float(max_prob(lg[layer, 0], m)), float(max_prob(lg[layer, 1], m))))
-                assert tuple(recorded._stats()[w, layer].tolist()) == want
-            for variant in ("kl", "rekl", "bikl"):
-                probe = SimilarityPolicy(variant, 0.0)
-                want = [probe.divergence((lg[k - 1, 0], lg[k - 1, 1]), (lg[k, 0], lg[k, 1]), m) for k in range(1, 12)]
-                assert recorded._divergences(variant)[w].tolist() == want, variant
-            w += 1
+def test_the_compact_record_of_long_windows_holds_the_policies_statistics():
+    """What the search simulates on: per window and exit, the policies' own statistics of the logits."""
+    import numpy as np
+
+    from elma.bench.sweep import ExitRecorder
+    from elma.data.squad import Answer, Example
+
+    rng = np.random.default_rng(1)
+    tokens, layers = 384, 12
+    offsets = [None] * 8 + [(2 * i, 2 * i + 1) for i in range(tokens - 9)] + [None]
+    mask = np.array([i == 0 or o is not None for i, o in enumerate(offsets)], dtype=bool)
+    logits = rng.normal(0, 2, (layers, 2, tokens)).astype(np.float32)
+    recorder = ExitRecorder(layers)
+    recorder.add(Example("x", "t", "q?", "a " * tokens, (Answer("a", 0),), False), [(offsets, logits)])
+    record = recorder.finish()
+    for layer in range(layers):
+        want = (float(entropy(logits[layer, 0], mask)), float(entropy(logits[layer, 1], mask)),
+                min(float(max_prob(logits[layer, 0], mask)), float(max_prob(logits[layer, 1], mask))))
+        assert tuple(record.stats[0, layer].tolist()) == want
+    for v, variant in enumerate(("kl", "rekl", "bikl")):
+        probe = SimilarityPolicy(variant, 0.0)
+        want = [probe.divergence((logits[k - 1, 0], logits[k - 1, 1]), (logits[k, 0], logits[k, 1]), mask)
+                for k in range(1, layers)]
+        assert record.div[0, v].tolist() == want, variant
+    assert record.tokens[0].tolist() == [tokens] * layers

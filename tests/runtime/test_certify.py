@@ -215,7 +215,7 @@ def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
 def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consistency_risk(bundle):
     """Labelled with the model's own full-depth answers, the F1 drop of every setting is its disagreement with
     full depth: the two risks must certify the same settings with the same p-values."""
-    from elma.runtime.calibrate import record
+    from elma.runtime.calibrate import record_all
     from elma.runtime.certify import certify
     from elma.runtime.engine import Runtime
 
@@ -232,7 +232,7 @@ def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consisten
                     qa["answers"] = [] if qa["is_impossible"] else [{"text": ans.text, "answer_start": ans.char_start}]
         examples = parse_squad(unlabelled)
         assert any(e.answers for e in examples)
-        recorded = record(rt, examples)
+        recorded = record_all(rt, examples)
     split = split_questions(examples, 0.2, 0.25, seed=0)
     by_f1, points, full_f1 = certify(recorded, split, "f1", 80.0, 0.2)
     by_consistency, points_c, _ = certify(recorded, split, "consistency", 80.0, 0.2)
@@ -242,3 +242,55 @@ def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consisten
         assert (c.spec, c.passed, c.risk_points, c.p_value) == (other.spec, other.passed, other.risk_points,
                                                                 other.p_value), name
     assert any(c.spec and c.risk_points > 0 for c in by_f1.values()), "some certified setting loses F1"
+
+
+def test_a_skim_grid_is_certified_with_the_exit_settings_and_checked(bundle, tmp_path, capsys):
+    """One more recording pass per skim setting; the skimmed settings sit in the policies' sequences, the default is
+    the certified setting with the fewest token-layers, and its realised risk on the check part is reported."""
+    from elma.cli import main
+    from elma.runtime.bundle import load_bundle
+    from elma.runtime.engine import Runtime
+
+    data = tmp_path / "field.json"
+    data.write_text(json.dumps(payload(articles=12, labels=False)))
+    args = ["calibrate", str(bundle), "--data", str(data), "--risk", "consistency", "--delta", "80", "--epsilon", "0.2",
+            "--policies", "static,entropy", "--skim-layers", "1", "--skim-thresholds", "0.02,0.05"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 recording pass(es)" in out and "skim grid: skim:1,0.02, skim:1,0.05" in out
+    entry = load_bundle(bundle).manifest["exit_thresholds"]
+    assert entry["recording_passes"] == 3 and entry["skim_grid"] == ["skim:1,0.02", "skim:1,0.05"]
+    assert entry["cost"] == "token-layers" and entry["full_depth_token_layers"] > 0
+    static = entry["policies"]["static"]
+    assert static["settings"] == 3 * 3, "static:1..3 on each of the three records"
+    certified = {c["spec"]: c for c in entry["policies"].values() if c["spec"]}
+    best = min(certified.values(), key=lambda c: (c["mean_token_layers"], c["mean_layers"], c["risk_points"]))
+    assert entry["default"] in (best["spec"], "none+" + best["skim"] if best["skim"] else "none")
+    assert "+skim:1," in entry["default"], "on this random model skimming saves tokens within the loose delta"
+    check = entry["check"]
+    assert check is not None and check["questions"] == entry["check_questions"] > 0
+    assert check["risk_points"] >= 0 and check["mean_token_layers"] < check["full_depth_token_layers"]
+    assert f"check: risk {check['risk_points']:.3f}" in out
+    with Runtime.open(bundle) as rt:
+        assert rt.policy.spec == entry["default"] and rt.policy.skim_stages
+    for bad, msg in [(["--skim-layers", "1"], "both"), (["--skim-layers", "3", "--skim-thresholds", "0.1"], "layers after"),
+                     (["--skim-layers", "x", "--skim-thresholds", "0.1"], "skim grid")]:
+        assert main(args[:12] + ["--overwrite"] + bad) == 2, bad
+        assert msg in capsys.readouterr().err, bad
+
+
+def test_none_with_a_skim_grid_certifies_skimming_alone(bundle, tmp_path, capsys):
+    from elma.cli import main
+
+    data = tmp_path / "field.json"
+    data.write_text(json.dumps(payload(articles=12, labels=False)))
+    args = ["calibrate", str(bundle), "--data", str(data), "--risk", "consistency", "--delta", "80", "--epsilon", "0.2",
+            "--policies", "none", "--skim-layers", "1,2", "--skim-thresholds", "0.05", "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("none "))
+    assert "/3 passed)" in line, "none on each of the three records"
+    assert line.split()[1] in ("none", "none+skim:1,0.05", "none+skim:2,0.05")
+    default = out.strip().splitlines()[-1]
+    assert default.startswith("default policy: none+skim:") or default.startswith("default policy: none;")
+    assert "mean layers  3.00" in line, "skimming alone runs every layer"
