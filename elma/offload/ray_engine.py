@@ -189,9 +189,10 @@ def start(config: ServeConfig, ray_config: RayConfig, tokens: Dict[str, str], lo
             ray.init(address=ray_config.address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
         else:
             # A Ray of our own on this machine: enough CPUs declared for every replica (Ray reserves, the OS shares),
-            # a small object store (requests are small), no dashboard.
+            # a small object store (requests are small), no dashboard. address="local": a new instance even where
+            # RAY_ADDRESS or a cluster file left in /tmp/ray by an earlier Ray (running or not) points elsewhere.
             cpus = max(os.cpu_count() or 1, int(ray_config.most_replicas * ray_config.replica_cpus + 0.999))
-            ray.init(num_cpus=cpus, object_store_memory=ray_config.object_store_mb * 1024 * 1024, include_dashboard=False,
+            ray.init(address="local", num_cpus=cpus, object_store_memory=ray_config.object_store_mb * 1024 * 1024, include_dashboard=False,
                      log_to_driver=log_to_driver, logging_level=logging.WARNING)
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_application(config, ray_config, tokens), name=APP_NAME, route_prefix="/", blocking=False)
