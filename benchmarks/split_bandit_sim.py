@@ -12,7 +12,7 @@ Figures and how mu and the exploration were fixed: docs/offload-split.md.
 
 **What is recorded** (``record``): the device runtime (the model's cached ONNX bundle, its calibrated default exit
 policy) runs every layer of every question once (``Runtime.record_exits``); the policy is then simulated on those
-logits exactly as the runtime runs it (``elma.runtime.calibrate``). Per question: ``exit_layer``, the layer at which
+logits exactly as the runtime runs it (``elma.bench.sweep``). Per question: ``exit_layer``, the layer at which
 the policy is confident in every window (null when some window never is), the answer's official F1 there and at full
 depth, and the exit confidence (smaller of the start and end maximum probability, smallest over the windows, as
 ``Answer.exit_confidence``) at that exit and at every layer.
@@ -54,51 +54,47 @@ EXPLORATION_GRID = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 # ---- recording --------------------------------------------------------------------------------------------------
 
-def record(model: str, data: str, batch_size: int = 16, limit: Optional[int] = None, seed: int = 0,
+def record(model: str, data: str, limit: Optional[int] = None, seed: int = 0,
            policy: Optional[str] = None) -> Dict[str, object]:
     """Every exit of every question of ``data`` (``limit``: of that many drawn at random with ``seed``, in file order)
     under the model's default policy, or ``policy`` (see the module docstring). ``model``: a model folder (through
-    its cached ONNX bundle, as ``elma-ask`` runs it) or a bundle."""
+    its cached ONNX bundle, as ``elma-ask`` runs it) or a bundle. Recorded one question at a time with the bench's
+    compact recorder (``elma.bench.sweep``), whose simulation the tests check against ``Runtime.ask``."""
     import numpy as np
 
+    from elma.bench import sweep
     from elma.data.squad import load_squad
-    from elma.metrics.squad_v2 import question_f1
     from elma.runtime.bundle_cache import open_cached
-    from elma.runtime.calibrate import record as record_exits
     from elma.runtime.engine import Runtime, is_bundle
+    from elma.runtime.policies import NoExitPolicy
 
     examples = load_squad(Path(data))
     if limit is not None and limit < len(examples):
         keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
         examples = [examples[i] for i in keep]
     with (Runtime.open(model, policy=policy) if is_bundle(model) else open_cached(Path(model), policy=policy)) as rt:
-        rec = record_exits(rt, examples, batch_size=batch_size)
+        rec = sweep.record_exits(rt, examples)
         policy = rt.policy.exit_policy
         L = rt.num_layers
-    conf_w = rec._stats()[:, :, 2]  # (W, L) smaller max probability of start and end, per window and layer
-    exits = rec.window_exits(policy)
-    full = rec.full_depth_answers()
+    starts = rec.first_window
+    conf_w = rec.stats[:, :, 2]  # (W, L) smaller max probability of start and end, per window and layer
+    sim, full = sweep.simulate(rec, policy), sweep.simulate(rec, NoExitPolicy())
+    exit_conf = np.minimum.reduceat(conf_w[np.arange(conf_w.shape[0]), sim.window_layer - 1], starts)  # (Q,)
+    per_layer = np.minimum.reduceat(conf_w, starts, axis=0)  # (Q, L) smallest over the windows
     questions: List[Dict[str, object]] = []
-    lo = 0
-    for qi, (q, per_window) in enumerate(zip(rec.questions, exits)):
-        n = len(q.logits)
-        conf = conf_w[lo:lo + n]  # (n, L)
-        layers = tuple(layer for layer, _ in per_window)
-        confident = all(ok for _, ok in per_window)
-        exit_layer = max(layers) if confident else None
-        local_text = rec.prediction(qi, layers) if confident else None
-        golds = q.example.answer_texts
+    for qi, ex in enumerate(examples):
+        confident = not bool(sim.unsolved[qi])
         questions.append({
-            "qid": q.example.qid,
-            "windows": n,
-            "exit_layer": exit_layer,
-            "exit_confidence": (float(min(conf[w, layer - 1] for w, layer in enumerate(layers))) if confident else None),
-            "confidence": [float(v) for v in np.min(conf, axis=0)],  # per layer, smallest over the windows
-            "f1_local": (question_f1(golds, local_text) if confident else None),
-            "f1_full": question_f1(golds, full[qi]),
+            "qid": ex.qid,
+            "windows": int((starts[qi + 1] if qi + 1 < len(starts) else conf_w.shape[0]) - starts[qi]),
+            "exit_layer": int(sim.exit_layer[qi]) if confident else None,
+            "exit_confidence": float(exit_conf[qi]) if confident else None,
+            "confidence": [float(v) for v in per_layer[qi]],
+            "f1_local": float(sim.f1[qi]) if confident else None,
+            "f1_full": float(full.f1[qi]),
         })
-        lo += n
-    return {"model": model, "data": data, "limit": limit, "seed": seed, "policy": policy.spec, "num_layers": L, "questions": questions}
+    return {"model": model, "data": data, "limit": limit, "seed": seed, "policy": policy.spec, "num_layers": L,
+            "questions": questions}
 
 
 # ---- simulation -------------------------------------------------------------------------------------------------
@@ -290,7 +286,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--model", required=True)
     r.add_argument("--data", required=True)
     r.add_argument("--policy", help="exit policy (default: the model's calibrated default)")
-    r.add_argument("--batch-size", type=int, default=16, help="questions per runtime batch (smaller: less memory)")
     r.add_argument("--limit", type=int, help="record this many questions drawn at random (default: all)")
     r.add_argument("--seed", type=int, default=0, help="of the --limit draw")
     r.add_argument("-o", "--output", required=True)
@@ -313,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "record":
         check_outputs([Output(args.output, "-o")], args.overwrite, inputs=[args.data])
-        write_json(args.output, record(args.model, args.data, args.batch_size, args.limit, args.seed, args.policy), args.overwrite)
+        write_json(args.output, record(args.model, args.data, args.limit, args.seed, args.policy), args.overwrite)
         return 0
     rec = json.loads(Path(args.recording).read_text(encoding="utf-8"))
     costs, sources = load_costs(args.costs)
