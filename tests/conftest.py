@@ -10,6 +10,7 @@ Function-scoped on purpose: ``build_windows`` sets truncation on the tokenizer i
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -173,3 +174,10 @@ class TinyBundles:
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory):
     return TinyBundles(tmp_path_factory.mktemp("bundles"))
+
+
+class PipedStdin(io.StringIO):
+    """Standard input that is not a terminal (text piped in), for the console scripts' ``main(argv, stdin, out)``."""
+
+    def isatty(self):
+        return False

@@ -109,7 +109,7 @@ def model_from_checkpoint(path: Path):
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         raise ModelLoadError(f"{path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
     known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
+    config = TrainConfig(**{k: _normal(v) for k, v in saved.items() if k in known})
     model, tokenizer = build_model(config)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:

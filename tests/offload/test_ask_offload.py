@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-from conftest import PASSAGES  # noqa: E402
+from conftest import PASSAGES, PipedStdin  # noqa: E402
 
 from elma.ask_cli import main  # noqa: E402
 from elma.offload.queue import RecordQueue  # noqa: E402
@@ -19,11 +19,6 @@ from elma.runtime.engine import Runtime  # noqa: E402
 CONTEXT, QAS = PASSAGES[0]
 QUESTION = QAS[0][0]
 TOKEN = "ask-cli-token"
-
-
-class FakeStdin(io.StringIO):
-    def isatty(self):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,7 @@ def ask(capsys, tmp_path, bundle):
         out = io.StringIO()
         try:
             code = main(argv + ["--model", bundle, "--queue", str(queue), "--token-file", str(token_file)]
-                        if "--server" in argv else argv + ["--model", bundle], FakeStdin(stdin), out)
+                        if "--server" in argv else argv + ["--model", bundle], PipedStdin(stdin), out)
         except SystemExit as e:
             code = e.code
         return code, out.getvalue(), capsys.readouterr().err
@@ -104,10 +99,10 @@ def test_interactive_mode_uploads_in_the_background(ask, server):
 def test_offload_flag_errors_exit_2(ask, bundle, capsys, tmp_path, extra, match):
     if match is None:
         code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra, "--token-file", str(tmp_path / "nope")],
-                    FakeStdin(""), io.StringIO())
+                    PipedStdin(""), io.StringIO())
         match = "cannot read the token file"
     else:
-        code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra], FakeStdin(""), io.StringIO())
+        code = main([QUESTION, "--context", CONTEXT, "--model", bundle, *extra], PipedStdin(""), io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
 
@@ -127,16 +122,16 @@ def test_the_calibrated_default_decides_what_is_offloaded(server, bundle, tmp_pa
     common = [QUESTION, "--context", CONTEXT, "--json", "--model", str(calibrated), "--server", srv.url,
               "--token-file", str(token_file), "--queue", str(tmp_path / "q.sqlite3"), "--deadline-ms", "5000"]
     out = io.StringIO()
-    assert main(common, FakeStdin(""), out) == 0
+    assert main(common, PipedStdin(""), out) == 0
     record = json.loads(out.getvalue())
     assert (record["policy"], record["policy_source"]) == ("maxprob:1", "calibrated default")
     assert record["offloaded"] and record["offload_reason"] == "unsolved"
     assert record["text"] == answerer(QUESTION, CONTEXT)["text"]
     out = io.StringIO()
-    assert main(common[:-2] + ["--policy", "none"], FakeStdin(""), out) == 0
+    assert main(common[:-2] + ["--policy", "none"], PipedStdin(""), out) == 0
     record = json.loads(out.getvalue())
     assert (record["policy"], record["policy_source"], record["offloaded"]) == ("none", "requested", False)
     out = io.StringIO()
-    assert main([a for a in common if a != "--json"], FakeStdin(""), out) == 0
+    assert main([a for a in common if a != "--json"], PipedStdin(""), out) == 0
     assert "policy maxprob:1 (calibrated default)" in out.getvalue() and "offloaded (unsolved)" in out.getvalue()
     capsys.readouterr()

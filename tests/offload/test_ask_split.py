@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-from conftest import PASSAGES  # noqa: E402
+from conftest import PASSAGES, PipedStdin  # noqa: E402
 
 from elma.ask_cli import main  # noqa: E402
 from elma.offload.queue import RecordQueue  # noqa: E402
@@ -22,11 +22,6 @@ CONTEXT, QAS = PASSAGES[0]
 QUESTION = QAS[0][0]
 TOKEN = "split-token"
 LAYERS = 3  # the tiny bert
-
-
-class FakeStdin(io.StringIO):
-    def isatty(self):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,7 @@ def ask(capsys, tmp_path, bundle, server):
                       "--deadline-ms", "5000"]
         out = io.StringIO()
         try:
-            code = main(argv + extra, FakeStdin(stdin), out)
+            code = main(argv + extra, PipedStdin(stdin), out)
         except SystemExit as e:
             code = e.code
         return code, out.getvalue(), capsys.readouterr().err
