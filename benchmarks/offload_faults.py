@@ -146,6 +146,15 @@ def stored_check(db_url: str, acked: List[str]) -> dict:
             "acknowledged_duplicated": sum(1 for i in acked if ids[i] > 1), "duplicates_in_store": sum(1 for n in ids.values() if n > 1)}
 
 
+def stop_server(proc) -> None:
+    """End an ``elma-serve`` process as a user would (SIGTERM: it shuts Ray Serve down), killing it after 2 minutes."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_healthy(url: str, token: str, proc, timeout_s: float) -> float:
     import httpx
 
@@ -253,11 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           **stored_check(pg.url, devices.acked)}
             result["health_after"] = httpx.get(url + "/v1/health", timeout=30).json()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
             pg.stop()
             if args.ray_address:
                 shutdown_serve()

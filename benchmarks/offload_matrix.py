@@ -28,7 +28,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import shutdown_serve, wait_healthy  # noqa: E402
+from offload_faults import shutdown_serve, stop_server, wait_healthy  # noqa: E402
 from offload_load import run_load  # noqa: E402
 
 
@@ -97,11 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         print(f"{engine.name:32s} c={c:3d} {r.requests_per_s:7.1f} req/s p50 {r.p50_ms:7.1f} ms "
                               f"p99 {r.p99_ms:7.1f} ms errors {r.errors or 'none'}", file=sys.stderr)
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=120)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                    stop_server(proc)
                     if args.ray_address and "ray" in engine.flags:
                         shutdown_serve()
     finally:
