@@ -10,12 +10,14 @@ Function-scoped on purpose: ``build_windows`` sets truncation on the tokenizer i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
 
 import pytest
 
+TINY_BERT = Path(__file__).resolve().parent / "fixtures" / "tiny-bert.json"  # a 3-layer BERT config, random weights
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDPIECE_WORDS = (
     ". , ? ! ' \" ( ) - "
@@ -181,3 +183,44 @@ class PipedStdin(io.StringIO):
 
     def isatty(self):
         return False
+
+
+@contextlib.contextmanager
+def loopback_offload_server(bundle: str, db_path: Path, token: str, wrap=None):
+    """The real offload app on a loopback port: one device token, a SQLite record store, the bundle answering at
+    full depth. ``wrap(answerer)`` may return the callable the app answers with (to watch what it is asked).
+
+    Yields ``(server, store, answerer)``; closes all three on exit.
+    """
+    from elma.offload.server import BackgroundServer, RecordStore, RuntimeAnswerer, ServeConfig, create_app, hash_token
+    from elma.runtime.engine import Runtime
+
+    store = RecordStore(f"sqlite:///{db_path}")
+    answerer = RuntimeAnswerer(Runtime.open(bundle, policy="none"))
+    try:
+        app = create_app(ServeConfig(rate_per_s=1000, burst=1000), wrap(answerer) if wrap else answerer, store,
+                         {hash_token(token): "jetson-01"})
+        with BackgroundServer(app) as srv:
+            yield srv, store, answerer
+    finally:
+        answerer.close()
+        store.close()
+
+
+@pytest.fixture
+def tiny_train_config(tmp_path, tiny_squad, wordpiece_tokenizer):
+    """``tiny_train_config(**overrides)``: the ``TrainConfig`` of a few steps on the tiny BERT and ``tiny_squad``
+    that the training tests share (windows of 48 tokens, batches of 4, one thread); each test module sets its steps."""
+    from elma.train.trainer import TrainConfig
+
+    tok = tmp_path / "tokenizer.json"
+    wordpiece_tokenizer.save(str(tok))
+
+    def make(**overrides):
+        settings = dict(model=str(TINY_BERT), tokenizer=str(tok), train_files=(str(tiny_squad),),
+                        output_dir=str(tmp_path / "run"),
+                        max_seq_length=48, doc_stride=8, max_query_length=12, batch_size=4, learning_rate=3e-3, seed=0,
+                        threads=1)
+        settings.update(overrides)
+        return TrainConfig(**settings)
+    return make

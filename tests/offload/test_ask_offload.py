@@ -9,12 +9,11 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-from conftest import PASSAGES, PipedStdin  # noqa: E402
+from conftest import PASSAGES, PipedStdin, loopback_offload_server  # noqa: E402
 
 from elma.ask_cli import main  # noqa: E402
 from elma.offload.queue import RecordQueue  # noqa: E402
-from elma.offload.server import BackgroundServer, RecordStore, RuntimeAnswerer, ServeConfig, create_app, free_port, hash_token  # noqa: E402
-from elma.runtime.engine import Runtime  # noqa: E402
+from elma.offload.server import free_port  # noqa: E402
 
 CONTEXT, QAS = PASSAGES[0]
 QUESTION = QAS[0][0]
@@ -28,13 +27,8 @@ def bundle(tiny_bundles):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    store = RecordStore(f"sqlite:///{tmp_path_factory.mktemp('srv') / 'records.sqlite3'}")
-    answerer = RuntimeAnswerer(Runtime.open(bundle, policy="none"))
-    app = create_app(ServeConfig(rate_per_s=1000, burst=1000), answerer, store, {hash_token(TOKEN): "jetson-01"})
-    with BackgroundServer(app) as srv:
-        yield srv, store, answerer
-    answerer.close()
-    store.close()
+    with loopback_offload_server(bundle, tmp_path_factory.mktemp("srv") / "records.sqlite3", TOKEN) as srv:
+        yield srv
 
 
 @pytest.fixture

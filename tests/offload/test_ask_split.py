@@ -10,11 +10,10 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-from conftest import PASSAGES, PipedStdin  # noqa: E402
+from conftest import PASSAGES, PipedStdin, loopback_offload_server  # noqa: E402
 
 from elma.ask_cli import main  # noqa: E402
 from elma.offload.queue import RecordQueue  # noqa: E402
-from elma.offload.server import BackgroundServer, RecordStore, RuntimeAnswerer, ServeConfig, create_app, hash_token  # noqa: E402
 from elma.offload.split_ask import model_fingerprint  # noqa: E402
 from elma.runtime.engine import Runtime  # noqa: E402
 
@@ -32,19 +31,17 @@ def bundle(tiny_bundles):
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
     """The real server app (token, body and field checks), whose answerer records what it was asked."""
-    store = RecordStore(f"sqlite:///{tmp_path_factory.mktemp('srv') / 'records.sqlite3'}")
-    answerer = RuntimeAnswerer(Runtime.open(bundle, policy="none"))
     asked = []
 
-    def answer(question, context):
-        asked.append((question, context))
-        return answerer(question, context)
+    def watch(answerer):
+        def answer(question, context):
+            asked.append((question, context))
+            return answerer(question, context)
+        return answer
 
-    app = create_app(ServeConfig(rate_per_s=1000, burst=1000), answer, store, {hash_token(TOKEN): "jetson-01"})
-    with BackgroundServer(app) as srv:
+    with loopback_offload_server(bundle, tmp_path_factory.mktemp("srv") / "records.sqlite3", TOKEN, watch) as (
+            srv, _, answerer):
         yield srv, asked, answerer
-    answerer.close()
-    store.close()
 
 
 @pytest.fixture

@@ -13,19 +13,13 @@ from elma.train import checkpoint, trainer  # noqa: E402
 from elma.train.checkpoint import check_resumable  # noqa: E402
 from elma.train.trainer import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 NEW_FIELDS = ("device", "fp16", "grad_accumulation", "dataloader_workers", "teacher", "teacher_weight")
 OLD_KEYS = {"model", "optimizer", "scheduler", "rng", "step", "config"}
 
 
 @pytest.fixture
-def config(tmp_path, tiny_squad, wordpiece_tokenizer):
-    tok = tmp_path / "tokenizer.json"
-    wordpiece_tokenizer.save(str(tok))
-    return TrainConfig(model=str(ROOT / "tests/fixtures/tiny-bert.json"), tokenizer=str(tok),
-                       train_files=(str(tiny_squad),), output_dir=str(tmp_path / "run"), max_seq_length=48,
-                       doc_stride=8, max_query_length=12, batch_size=4, learning_rate=3e-3, max_steps=8, save_every=3,
-                       log_every=4, seed=0, threads=1, bf16=True)
+def config(tiny_train_config):
+    return tiny_train_config(max_steps=8, save_every=3, log_every=4, bf16=True)
 
 
 def old_config_dict(config: TrainConfig) -> dict:

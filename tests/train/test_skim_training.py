@@ -16,19 +16,12 @@ from elma.model.multi_exit import MASK_FILL, MultiExitQA  # noqa: E402
 from elma.train.skim import SkimmedAllExits, keep_mask, parse_skim  # noqa: E402
 from elma.train.trainer import TrainConfig, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY_BERT = ROOT / "tests" / "fixtures" / "tiny-bert.json"
 LONG = " ".join(c for c, _ in PASSAGES) * 2
 
 
 @pytest.fixture
-def config(tmp_path, tiny_squad, wordpiece_tokenizer):
-    tok = tmp_path / "tokenizer.json"
-    wordpiece_tokenizer.save(str(tok))
-    return TrainConfig(model=str(TINY_BERT), tokenizer=str(tok), train_files=(str(tiny_squad),),
-                       output_dir=str(tmp_path / "run"), max_seq_length=48, doc_stride=8, max_query_length=12,
-                       batch_size=4, learning_rate=3e-3, warmup_ratio=0.1, max_steps=6, save_every=100, log_every=3,
-                       seed=0, threads=1)
+def config(tiny_train_config):
+    return tiny_train_config(warmup_ratio=0.1, max_steps=6, save_every=100, log_every=3)
 
 
 def _weights(folder):

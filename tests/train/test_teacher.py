@@ -11,9 +11,7 @@ from conftest import WORDPIECE_VOCAB, make_tiny_model_dir, make_wordpiece_tokeni
 
 from elma.errors import ModelLoadError  # noqa: E402
 from elma.train.losses import kl_to_teacher_per_exit, multi_exit_loss, with_teacher  # noqa: E402
-from elma.train.trainer import TrainConfig, train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from elma.train.trainer import train  # noqa: E402
 
 
 def hf_teacher(folder: Path, qa: bool = True, vocab=None) -> Path:
@@ -33,13 +31,8 @@ def hf_teacher(folder: Path, qa: bool = True, vocab=None) -> Path:
 
 
 @pytest.fixture
-def config(tmp_path, tiny_squad, wordpiece_tokenizer):
-    tok = tmp_path / "tokenizer.json"
-    wordpiece_tokenizer.save(str(tok))
-    return TrainConfig(model=str(ROOT / "tests/fixtures/tiny-bert.json"), tokenizer=str(tok),
-                       train_files=(str(tiny_squad),), output_dir=str(tmp_path / "run"), max_seq_length=48,
-                       doc_stride=8, max_query_length=12, batch_size=4, learning_rate=3e-3, warmup_ratio=0.0,
-                       max_steps=30, save_every=30, log_every=10, seed=0, threads=1)
+def config(tiny_train_config):
+    return tiny_train_config(warmup_ratio=0.0, max_steps=30, save_every=30, log_every=10)
 
 
 def test_kl_to_the_teacher_is_zero_at_the_teacher_and_moves_only_the_student():

@@ -14,20 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 from elma.errors import ElmaError  # noqa: E402
 from elma.model.multi_exit import MultiExitQA  # noqa: E402
-from elma.train.trainer import CHECKPOINT_NAME, TrainConfig, train  # noqa: E402
+from elma.train.trainer import CHECKPOINT_NAME, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_BERT = ROOT / "tests" / "fixtures" / "tiny-bert.json"
 
 
 @pytest.fixture
-def config(tmp_path, tiny_squad, wordpiece_tokenizer):
-    tok = tmp_path / "tokenizer.json"
-    wordpiece_tokenizer.save(str(tok))
-    return TrainConfig(model=str(TINY_BERT), tokenizer=str(tok), train_files=(str(tiny_squad),),
-                       output_dir=str(tmp_path / "run"), max_seq_length=48, doc_stride=8, max_query_length=12,
-                       batch_size=4, learning_rate=3e-3, warmup_ratio=0.1, max_steps=60, save_every=2, log_every=10,
-                       seed=0, threads=1)
+def config(tiny_train_config):
+    return tiny_train_config(warmup_ratio=0.1, max_steps=60, save_every=2, log_every=10)
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_model(config, tiny_squad):
