@@ -426,15 +426,18 @@ def _add_calibrate(sub) -> None:
                         "recording pass of the file, certified with the exit settings (default: no skimming)")
     p.add_argument("--skim-thresholds", default="", metavar="T1,T2",
                    help="skim grid: token probability thresholds, e.g. 0.001,0.01")
-    p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest as it is")
-    _add_overwrite(p, "a calibration the bundle already has")
+    p.add_argument("--model-dir", metavar="MODEL",
+                   help="also store the certified default in this model folder's config.json (the folder the bundle "
+                        "was exported from, same weights), so that `elma export`, elma-ask and the rest run it")
+    p.add_argument("--dry-run", action="store_true", help="report, but leave the manifest (and --model-dir) as they are")
+    _add_overwrite(p, "a calibration the bundle (or --model-dir) already has")
     p.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args) -> int:
     from elma.data.squad import load_squad
     from elma.runtime.calibrate import skim_grid
-    from elma.runtime.certify import calibrate, check_calibration_target, write_calibration
+    from elma.runtime.certify import calibrate, check_calibration_target, check_model_target, write_calibration
     from elma.runtime.engine import Runtime, is_bundle
 
     if args.max_f1_drop is not None:
@@ -447,6 +450,8 @@ def cmd_calibrate(args) -> int:
         raise BundleError(f"{args.bundle}: not a bundle (no manifest.json); create one with `elma export MODEL -o BUNDLE`")
     if not args.dry_run:
         check_calibration_target(Path(args.bundle), args.overwrite)
+        if args.model_dir:
+            check_model_target(Path(args.bundle), Path(args.model_dir), args.overwrite)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:
         skim_layers = [int(x) for x in args.skim_layers.split(",") if x.strip()]
@@ -467,7 +472,8 @@ def cmd_calibrate(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from err
     if not args.dry_run:
-        write_calibration(Path(args.bundle), report, Path(args.data).name)
+        write_calibration(Path(args.bundle), report, Path(args.data).name, args.backend,
+                          Path(args.model_dir) if args.model_dir else None)
     full = "" if report.full_depth_f1 is None else f"full-depth F1 {report.full_depth_f1:.2f}, "
     print(f"risk {report.risk} <= {report.delta_points:g} points with probability >= {1 - report.epsilon:g} "
           f"({report.epsilon_per_policy:.3g} per policy); {report.questions} questions by {report.split_unit}: "
@@ -493,7 +499,8 @@ def cmd_calibrate(args) -> int:
             line += (f"  | check: risk {c.check.risk_points:.3f}{'' if c.check.within_delta else ' ABOVE DELTA'}, "
                      f"{c.check.mean_layers:.2f} layers{check_tl}{check_f1}")
         print(line)
-    where = "not written (--dry-run)" if args.dry_run else f"written to {Path(args.bundle) / 'manifest.json'}"
+    where = "not written (--dry-run)" if args.dry_run else f"written to {Path(args.bundle) / 'manifest.json'}" + (
+        f" and {Path(args.model_dir) / 'config.json'}" if args.model_dir else "")
     print(f"default policy: {report.default}; {where}")
     return 0
 

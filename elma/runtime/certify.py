@@ -414,8 +414,44 @@ def check_calibration_target(bundle_root, overwrite: bool) -> None:
                                 overwrite, hint="add --dry-run to only report")
 
 
-def write_calibration(bundle_root, report: LttReport, data_name: str) -> None:
-    """Store the certified default and the per-policy certificates in the bundle manifest, atomically."""
-    from elma.runtime.bundle import update_manifest
+def check_model_target(bundle_root, model_dir, overwrite: bool) -> None:
+    """Refuse, before calibrating, a ``--model-dir`` that cannot take the bundle's default: not an ELMA model folder
+    or other weights than the bundle was exported from (exit 3), or one holding a default already (exit 2) unless
+    ``overwrite``."""
+    from pathlib import Path
 
-    update_manifest(bundle_root, {"exit_thresholds": report.manifest_entry(data_name)})
+    from elma.errors import ModelLoadError
+    from elma.fsutil import refuse_unless_overwrite
+    from elma.runtime.bundle import read_manifest
+    from elma.runtime.defaults import WEIGHTS_NAME, read_model_config
+    from elma.runtime.filehash import sha256_memo
+
+    model_dir = Path(model_dir)
+    config = read_model_config(model_dir)  # ModelLoadError: not an ELMA model folder
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights}: missing; --model-dir needs an ELMA model folder with its weights")
+    source = (read_manifest(bundle_root).get("source") or {}).get("weights_sha256")
+    digest = sha256_memo(weights)
+    if source != digest:
+        raise ModelLoadError(f"--model-dir {model_dir}: its weights ({digest[:12]}...) are not those the bundle was "
+                             f"exported from ({str(source)[:12]}...); export the bundle from this folder")
+    if config["elma"].get("default_policy") is not None:
+        refuse_unless_overwrite(f"{model_dir / 'config.json'} (a default policy, {config['elma']['default_policy']})",
+                                "model folder", overwrite, hint="add --dry-run to only report")
+
+
+def write_calibration(bundle_root, report: LttReport, data_name: str, backend: str = "onnxruntime",
+                      model_dir=None) -> None:
+    """Store the certified default and the per-policy certificates in the bundle manifest, atomically; with
+    ``model_dir`` (checked by ``check_model_target``), the default and how it was certified in its config.json too."""
+    from elma.runtime.bundle import read_manifest, update_manifest
+    from elma.runtime.defaults import write_default_policy
+
+    entry = report.manifest_entry(data_name)
+    update_manifest(bundle_root, {"exit_thresholds": entry})
+    if model_dir is not None:
+        manifest = read_manifest(bundle_root)
+        calibration = {k: v for k, v in entry.items() if k != "policies"}  # the default's certificate, not the grid
+        calibration["backend"] = f"{backend}, {manifest.get('precision', '?')} bundle"
+        write_default_policy(model_dir, report.default, calibration, overwrite=True)  # refused earlier unless asked

@@ -4,7 +4,7 @@ Stored in two places, read here only:
 
 * a model folder: ``config.json``, ``elma.default_policy`` (a spec such as ``"entropy:2.37305,1.40823"``) and
   ``elma.calibration`` (how it was certified: risk, delta, epsilon, n, data file, the weights' sha256);
-  written by ``write_default_policy`` (``elma calibrate`` on a model folder calls it);
+  written by ``write_default_policy`` (``elma calibrate BUNDLE --model-dir MODEL`` calls it);
 * a bundle: ``manifest.json``, ``exit_thresholds.default`` (and ``exit_thresholds.calibration``); ``elma export``
   copies the model folder's there (``manifest_entry``), ``elma calibrate BUNDLE`` writes its own.
 

@@ -183,6 +183,47 @@ def test_consistency_on_unlabelled_questions_sets_the_runtime_default(bundle, tm
     assert len(err.strip().splitlines()) == 1 and (bundle / "manifest.json").read_text() == before
 
 
+def test_model_dir_stores_the_certified_default_where_export_and_ask_read_it(bundle, tiny_bundles, tmp_path, capsys):
+    """--model-dir: the default lands in the model folder's config.json (checked against the bundle's source
+    weights first), a later `elma export` carries it, and a folder of other weights or with a default is refused
+    before any question is recorded."""
+    from elma.cli import main
+    from elma.export.bundle_writer import export_bundle
+    from elma.export.specs import ExportConfig
+    from elma.runtime.bundle import load_bundle
+    from elma.runtime.defaults import SOURCE_CALIBRATED, read_default
+
+    model = shutil.copytree(tiny_bundles.model("bert"), tmp_path / "model")
+    data = tmp_path / "field.json"
+    data.write_text(json.dumps(payload(articles=12, labels=False)))
+    args = ["calibrate", str(bundle), "--data", str(data), "--risk", "consistency", "--delta", "80", "--epsilon", "0.2"]
+    assert main(args + ["--model-dir", str(model)]) == 0
+    assert f"and {model / 'config.json'}" in capsys.readouterr().out
+    entry = load_bundle(bundle).manifest["exit_thresholds"]
+    stored = read_default(model)
+    assert stored.source == SOURCE_CALIBRATED and stored.spec == entry["default"]
+    assert stored.calibration["risk"] == "consistency" and stored.calibration["n"] == entry["n"]
+    assert "policies" not in stored.calibration and stored.calibration["backend"] == "onnxruntime, fp32 bundle"
+    export_bundle(model, tmp_path / "again", ExportConfig(precision="fp32", threads=1))
+    assert load_bundle(tmp_path / "again").manifest["exit_thresholds"]["default"] == entry["default"]
+
+    assert main(args + ["--overwrite", "--model-dir", str(model)]) == 0, "--overwrite replaces both"
+    capsys.readouterr()
+
+    # Refused before any work, in one line, bundle and folder untouched: a default already there (2), other
+    # weights (3).
+    fresh = shutil.copytree(tiny_bundles.bundle("bert"), tmp_path / "fresh")
+    other = shutil.copytree(tiny_bundles.model("bert"), tmp_path / "other")
+    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    before = [(p / n).read_text() for p, n in ((model, "config.json"), (other, "config.json"), (fresh, "manifest.json"))]
+    fresh_args = ["calibrate", str(fresh)] + args[2:]
+    for folder, code, msg in [(model, 2, "(a default policy, "), (other, 3, "are not those the bundle was exported from")]:
+        assert main(fresh_args + ["--model-dir", str(folder)]) == code
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+    assert [(p / n).read_text() for p, n in ((model, "config.json"), (other, "config.json"), (fresh, "manifest.json"))] == before
+
+
 def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
     from elma.cli import main
     from elma.runtime.bundle import load_bundle
