@@ -1,6 +1,12 @@
 """Markdown table of per-exit official scores, from ``elma predict --all-exits-out`` or ``eval_results.json``.
 
     python benchmarks/exit_table.py benchmarks/results/reference-dev-exits.json
+    python benchmarks/exit_table.py CANDIDATE.json --against BASELINE.json    # the reference model's shipping rule
+
+``--against``: the shipping rule of docs/reference-model-v3.md, written before any v3 figure was seen: the
+candidate replaces the baseline only if its full-depth (last exit) F1 **and** null AUC are both at least the
+baseline's, on the same questions. Prints both tables and the verdict; exit status 0 when the rule holds, 1 when
+it does not, 2 when the files do not score the same questions.
 """
 
 from __future__ import annotations
@@ -25,12 +31,35 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def shipping_rule(candidate: dict, baseline: dict) -> tuple:
+    """(holds, reason): the candidate's last exit against the baseline's, on full-depth F1 and null AUC."""
+    c, b = candidate["exits"][-1], baseline["exits"][-1]
+    if c["total"] != b["total"]:
+        raise ValueError(f"they score different question sets ({c['total']} vs {b['total']} questions)")
+    gaps = {key: c[key] - b[key] for key in ("f1", "null_auc")}
+    holds = all(g >= 0 for g in gaps.values())
+    reason = ", ".join(f"{key} {c[key]:.2f} vs {b[key]:.2f} ({g:+.2f})" for key, g in gaps.items())
+    return holds, reason
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scores", help="JSON with an 'exits' list")
+    p.add_argument("--against", metavar="BASELINE", help="apply the shipping rule against this model's scores")
     args = p.parse_args(argv)
-    print(table(json.loads(Path(args.scores).read_text())["exits"]))
-    return 0
+    scores = json.loads(Path(args.scores).read_text())
+    print(table(scores["exits"]))
+    if not args.against:
+        return 0
+    baseline = json.loads(Path(args.against).read_text())
+    print(f"\nbaseline {args.against}\n\n{table(baseline['exits'])}\n")
+    try:
+        holds, reason = shipping_rule(scores, baseline)
+    except ValueError as err:
+        print(f"exit_table: {err}", file=sys.stderr)
+        return 2
+    print(f"shipping rule {'holds' if holds else 'does not hold'}: full depth {reason}")
+    return 0 if holds else 1
 
 
 if __name__ == "__main__":

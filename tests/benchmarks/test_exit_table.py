@@ -19,3 +19,22 @@ def test_one_row_per_exit(tmp_path, capsys):
     assert len(lines) == 4
     assert lines[2].startswith("| 1 | 50.00 | 61.23 |") and "| - |" in lines[2]
     assert "| 80.00 | - | - | 0.250 | 4 |" in lines[3], "span F1 and null AUC show '-' where a file lacks them"
+
+
+def _scores(tmp_path, name, f1, auc, total=100):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"exits": [{"exit_layer": 1, "f1": 10.0, "null_auc": 50.0, "total": total},
+                                          {"exit_layer": 2, "f1": f1, "null_auc": auc, "total": total}]}))
+    return str(path)
+
+
+def test_shipping_rule_needs_both_full_depth_f1_and_null_auc(tmp_path, capsys):
+    base = _scores(tmp_path, "v2", 60.0, 75.0)
+    assert exit_table.main([_scores(tmp_path, "better", 61.0, 75.0), "--against", base]) == 0
+    assert "shipping rule holds: full depth f1 61.00 vs 60.00 (+1.00), null_auc 75.00 vs 75.00 (+0.00)" in \
+        capsys.readouterr().out
+    assert exit_table.main([_scores(tmp_path, "f1_only", 70.0, 74.9), "--against", base]) == 1, "a lower AUC fails"
+    assert exit_table.main([_scores(tmp_path, "auc_only", 59.99, 90.0), "--against", base]) == 1, "a lower F1 fails"
+    assert "does not hold" in capsys.readouterr().out
+    assert exit_table.main([_scores(tmp_path, "other", 70.0, 90.0, total=99), "--against", base]) == 2
+    assert "different question sets" in capsys.readouterr().err
