@@ -22,34 +22,41 @@ mkdir -p "$W"
 todo() { if [ -e "$1" ]; then echo "== have $1"; return 1; fi; echo "== $2"; }
 
 # 1. The shipping rule, on the whole held-out side (29 articles; v2 trained on 28 of them).
-todo "$W/v2-heldout-exits.json" "v2 on the held-out side" && git diff --quiet HEAD -- $SHIPPED && \
+if todo "$W/v2-heldout-exits.json" "v2 on the held-out side"; then
+    git diff --quiet HEAD -- $SHIPPED || { echo "$SHIPPED differs from git HEAD: not v2 any more" >&2; exit 2; }
     elma predict $SHIPPED "$D/heldout.json" -o "$W/v2-heldout-pred.json" --all-exits-out "$W/v2-heldout-exits.json"
-todo "$W/v3-heldout-exits.json" "the candidate on the held-out side" && \
+fi
+if todo "$W/v3-heldout-exits.json" "the candidate on the held-out side"; then
     elma predict "$CAND" "$D/heldout.json" -o "$W/v3-heldout-pred.json" --all-exits-out "$W/v3-heldout-exits.json"
+fi
 python benchmarks/exit_table.py "$W/v3-heldout-exits.json" --against "$W/v2-heldout-exits.json" | tee "$W/shipping-rule.txt"
 
 # 2. The fp16 folder replaces v2's weights (the model card, README.md, is rewritten by hand from the figures).
-todo "$W/model-fp16" "fp16 copy of the candidate" && elma convert "$CAND" -o "$W/model-fp16" --dtype float16
+if todo "$W/model-fp16" "fp16 copy of the candidate"; then elma convert "$CAND" -o "$W/model-fp16" --dtype float16; fi
 if ! cmp -s "$W/model-fp16/model.safetensors" $SHIPPED/model.safetensors; then
     cp "$W/model-fp16/config.json" "$W/model-fp16/model.safetensors" "$W/model-fp16/tokenizer.json" $SHIPPED/
 fi
 
 # 3. The fp32 bundle, calibrated on the held-out side (exit and skim settings, one guarantee), default stored in
 #    the folder; then the int8 bundle, exported after, so that its manifest carries the same default.
-todo "$W/B32" "fp32 bundle" && elma export $SHIPPED -o "$W/B32" --precision fp32
-todo "$R/calibration-v3.txt" "calibration (risk f1, delta 1, epsilon 0.1)" && \
+if todo "$W/B32" "fp32 bundle"; then elma export $SHIPPED -o "$W/B32" --precision fp32; fi
+if todo "$R/calibration-v3.txt" "calibration (risk f1, delta 1, epsilon 0.1)"; then
+    # --overwrite: a default the folder or bundle holds is for other weights or another calibration; this replaces it
     elma -v calibrate "$W/B32" --data "$D/heldout.json" --risk f1 --delta 1 --epsilon 0.1 \
-        --skim-layers 2,3 --skim-thresholds 0.001,0.01 --model-dir $SHIPPED > "$W/calibration.tmp" && \
+        --skim-layers 2,3 --skim-thresholds 0.001,0.01 --model-dir $SHIPPED --overwrite > "$W/calibration.tmp"
     mv "$W/calibration.tmp" "$R/calibration-v3.txt"
-todo "$W/B8" "int8 bundle" && elma export $SHIPPED -o "$W/B8" --precision int8
+fi
+if todo "$W/B8" "int8 bundle"; then elma export $SHIPPED -o "$W/B8" --precision int8; fi
 
 # 4. Figures: the per-exit table on the dev half (model card), and the side-by-side benchmark on dev questions
 #    (articles neither trained nor calibrated on) for the README front table. Time only on a quiet machine.
-todo "$R/reference-v3-dev-exits.json" "per-exit scores on the dev half" && \
+if todo "$R/reference-v3-dev-exits.json" "per-exit scores on the dev half"; then
     elma predict $SHIPPED "$DEV" -o "$W/dev-pred.json" --na-probs-out "$W/dev-na.json" \
         --all-exits-out "$R/reference-v3-dev-exits.json"
+fi
 python benchmarks/exit_table.py "$R/reference-v3-dev-exits.json"
-todo "$R/bench-v3-dev$BENCH_LIMIT" "elma-bench, interleaved, $BENCH_LIMIT dev questions" && \
+if todo "$R/bench-v3-dev$BENCH_LIMIT" "elma-bench, interleaved, $BENCH_LIMIT dev questions"; then
     elma-bench "$W/B32" --data "$DEV" --limit "$BENCH_LIMIT" --compare "$W/B8" --torch-model $SHIPPED --sweep \
         --report-dir "$R/bench-v3-dev$BENCH_LIMIT"
+fi
 echo "done: write the model card ($SHIPPED/README.md) and the README front table from $R/bench-v3-dev$BENCH_LIMIT"
