@@ -56,6 +56,14 @@ def engines(cores: int) -> List[Engine]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    previous = signal.getsignal(signal.SIGTERM)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ray-address", help="join this Ray cluster (elma-serve --ray-address) instead of starting one")
     p.add_argument("--model", required=True, help="bundle to serve (e.g. `elma export MODEL -o /tmp/B32`)")
@@ -72,11 +80,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.overwrite and (out_json.exists() or out_md.exists()):
         print(f"offload_matrix: error: {out_json} or {out_md} exists (pass --overwrite)", file=sys.stderr)
         return 2
-    from pg_cluster import PgCluster
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below (servers, PostgreSQL)
-    from elma.offload.server import free_port, hash_token, new_token
-
     cores = os.cpu_count() or 1
     chosen = engines(cores)
     if args.smoke:
@@ -86,6 +89,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not chosen:
             print(f"offload_matrix: error: --only {' '.join(args.only)} matches no configuration", file=sys.stderr)
             return 2
+    from pg_cluster import PgCluster
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below (servers, PostgreSQL)
+    from elma.offload.server import free_port, hash_token, new_token
+
     token = new_token()
     rows = []
     pg = PgCluster()

@@ -85,6 +85,14 @@ def summarize(server: str, rows: List[Dict[str, float]]) -> List[dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    previous = signal.getsignal(signal.SIGTERM)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="bundle to serve")
     p.add_argument("--out", required=True, help="output path without extension (.json and .md are written)")

@@ -56,11 +56,15 @@ def test_matrix_smoke_writes_one_table(tiny_bundles, tmp_path):
 
 
 def test_matrix_runs_both_topologies_and_filters_by_name(tmp_path, capsys):
+    import signal
+
     import offload_matrix
 
     out = tmp_path / "matrix"
+    handler = signal.getsignal(signal.SIGTERM)
     assert offload_matrix.main(["--model", "x", "--out", str(out), "--only", "ray 3 replicas"]) == 2
     assert "matches no configuration" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGTERM) is handler  # pytest's own SIGTERM handling is left as it was
 
     names = [e.name for e in offload_matrix.engines(2)]
     assert len(names) == 9 and names[0] == "uvicorn"
@@ -73,9 +77,12 @@ def test_matrix_runs_both_topologies_and_filters_by_name(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_profile_smoke_splits_a_request_into_stages(tiny_bundles, tmp_path):
+    import signal
+
     import offload_profile
 
     out = tmp_path / "profile"
+    handler = signal.getsignal(signal.SIGTERM)
     assert offload_profile.main(["--model", str(tiny_bundles.bundle("bert")), "--out", str(out), "--smoke", *RAY]) == 0
     stages = json.loads((tmp_path / "profile.json").read_text())["stages"]
     by_server: dict = {}
@@ -88,6 +95,7 @@ def test_profile_smoke_splits_a_request_into_stages(tiny_bundles, tmp_path):
         assert set(got) == {"proxy", "app", "model", "runtime", "total"}
         assert got["runtime"] > 0 and got["proxy"] > 0 and got["app"] >= 0 and got["model"] >= 0, got
     assert "| ray combined | runtime |" in (tmp_path / "profile.md").read_text()
+    assert signal.getsignal(signal.SIGTERM) is handler
     assert offload_profile.main(["--model", "x", "--out", str(out)]) == 2  # no overwrite without --overwrite
 
 
