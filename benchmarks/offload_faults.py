@@ -188,9 +188,12 @@ def shutdown_serve() -> None:
     import ray
     from ray import serve
 
-    if not ray.is_initialized():
+    joined_here = not ray.is_initialized()
+    if joined_here:
         ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
     serve.shutdown()
+    if joined_here:  # leave the caller's process as it was (a later ray.init there, e.g. the next test, must not fail)
+        ray.shutdown()
 
 
 def kill_run(url: str, token: str, db_url: str, proc, deployment: str, load_s: float, timeout_s: float) -> dict:

@@ -1,7 +1,9 @@
-"""Offload server throughput, one table: uvicorn against Ray Serve (1 and 2 replicas, batching off and on).
+"""Offload server throughput, one table: uvicorn against Ray Serve (1 and 2 replicas, batching off and on), in both
+topologies (split: ingress -> model deployment; combined: the model inside the ingress replicas).
 
     python benchmarks/offload_matrix.py --model BUNDLE --out benchmarks/results/offload_matrix
         # -> offload_matrix.json and offload_matrix.md: requests/s, p50, p99 at concurrency 1, 8, 32, 64
+    python benchmarks/offload_matrix.py ... --only uvicorn "ray combined"     # a subset: names containing these
 
 Each configuration is a fresh ``elma-serve`` process on a free loopback port (Ray started by it; records in a
 throwaway PostgreSQL, since 2 replicas refuse SQLite), warmed up, then loaded by ``offload_load.run_load`` (threads,
@@ -39,16 +41,29 @@ class Engine:
 
 
 def engines(cores: int) -> List[Engine]:
-    def ray(replicas: int, batching: bool) -> Engine:
-        flags = ["--engine", "ray", "--replicas", str(replicas), "--intra-op-threads", str(max(1, cores // replicas)),
-                 "--max-ongoing-requests", "32", "--max-queued-requests", "256"]
-        return Engine(f"ray {replicas} replica{'s' if replicas > 1 else ''}, batching {'on' if batching else 'off'}",
-                      flags + ([] if batching else ["--no-batching"]))
+    """uvicorn, then each Ray topology with 1 and 2 replicas, batching off and on. The split rows keep the names of
+    the earlier tables ("ray 2 replicas, batching on"); the combined ones say so ("ray combined 2 replicas, ...")."""
+    def ray(topology: str, replicas: int, batching: bool) -> Engine:
+        flags = ["--engine", "ray", "--ray-topology", topology, "--replicas", str(replicas),
+                 "--intra-op-threads", str(max(1, cores // replicas)), "--max-ongoing-requests", "32",
+                 "--max-queued-requests", "256"]
+        name = (f"ray{' combined' if topology == 'combined' else ''} {replicas} replica{'s' if replicas > 1 else ''}, "
+                f"batching {'on' if batching else 'off'}")
+        return Engine(name, flags + ([] if batching else ["--no-batching"]))
 
-    return [Engine("uvicorn", ["--engine", "uvicorn"]), ray(1, False), ray(1, True), ray(2, False), ray(2, True)]
+    return [Engine("uvicorn", ["--engine", "uvicorn"])] + [ray(t, r, b) for t in ("split", "combined") for r in (1, 2)
+                                                           for b in (False, True)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    previous = signal.getsignal(signal.SIGTERM)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ray-address", help="join this Ray cluster (elma-serve --ray-address) instead of starting one")
     p.add_argument("--model", required=True, help="bundle to serve (e.g. `elma export MODEL -o /tmp/B32`)")
@@ -56,22 +71,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
     p.add_argument("--max-duration-s", type=float, default=60.0, help="per concurrency level")
-    p.add_argument("--smoke", action="store_true", help="uvicorn and ray 1 replica, batching on, a few requests")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only the configurations whose name contains one of "
+                   "these (e.g. uvicorn 'ray combined')")
+    p.add_argument("--smoke", action="store_true", help="uvicorn and each topology with 1 replica, batching on")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
     if not args.overwrite and (out_json.exists() or out_md.exists()):
         print(f"offload_matrix: error: {out_json} or {out_md} exists (pass --overwrite)", file=sys.stderr)
         return 2
+    cores = os.cpu_count() or 1
+    chosen = engines(cores)
+    if args.smoke:
+        chosen = [e for e in chosen if e.name in ("uvicorn", "ray 1 replica, batching on", "ray combined 1 replica, batching on")]
+    if args.only:
+        chosen = [e for e in chosen if any(part in e.name for part in args.only)]
+        if not chosen:
+            print(f"offload_matrix: error: --only {' '.join(args.only)} matches no configuration", file=sys.stderr)
+            return 2
     from pg_cluster import PgCluster
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below (servers, PostgreSQL)
     from elma.offload.server import free_port, hash_token, new_token
 
-    cores = os.cpu_count() or 1
-    chosen = engines(cores)
-    if args.smoke:
-        chosen = [chosen[0], chosen[2]]
     token = new_token()
     rows = []
     pg = PgCluster()
@@ -102,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         shutdown_serve()
     finally:
         pg.stop()
-    meta = {"model": args.model, "cores": cores, "requests_per_level": args.requests, "smoke": args.smoke}
+    meta = {"model": args.model, "cores": cores, "requests_per_level": args.requests, "smoke": args.smoke, "only": args.only}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     tmp_json = out_json.with_suffix(".json.tmp")
     tmp_json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")

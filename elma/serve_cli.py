@@ -4,6 +4,7 @@
     elma-serve --model BUNDLE --host 127.0.0.1 --port 8000 --db sqlite:///records.sqlite3 --tokens tokens.txt
     elma-serve ... --releases REPO     # also serve signed model releases (elma publish) to `elma update`
     elma-serve ... --engine ray --replicas 2 --db postgresql+psycopg://elma@127.0.0.1/elma   # Ray Serve, batched
+    elma-serve ... --engine ray --ray-topology combined --replicas 2 ...  # the model inside the ingress: one hop less
     elma-serve ... --engine ray --ray-address auto                     # join a running Ray cluster (docs/ray-serve.md)
 
 Exit codes: 0 done (uvicorn stops gracefully on Ctrl-C or SIGTERM, then re-raises the signal), 2 usage or
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn: one process (default); ray: Ray Serve, model replicas, batching")
     ray.add_argument("--ray-address", dest="address", metavar="ADDR", help="join this Ray cluster (e.g. auto, ray://HOST:10001) "
                      "instead of starting Ray here")
+    ray.add_argument("--ray-topology", dest="topology", choices=("split", "combined"), help="split: one ingress replica "
+                     "calls N model replicas (default); combined: N replicas each holding the app and a model, one hop "
+                     "less (docs/ray-serve.md)")
     ray.add_argument("--replicas", type=int, help="model replicas (default 1)")
     ray.add_argument("--min-replicas", type=int, help="autoscale the model replicas from this many ...")
     ray.add_argument("--max-replicas", type=int, help="... up to this many")
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per replica (default 1: cores / replicas)")
     ray.add_argument("--replica-cpus", type=float, help="CPUs Ray reserves per replica (default 1)")
     ray.add_argument("--object-store-mb", type=int, help="object store of the Ray started here (default 200)")
+    ray.add_argument("--server-timing", action="store_true", default=None, help="add a Server-Timing header (ms in the "
+                     "app and awaiting the model) to every response, for benchmarks/offload_profile.py")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -135,9 +141,10 @@ def run_ray(config, ray_config, tokens, verbose: bool) -> int:
         where = f"Ray cluster {ray_config.address}" if ray_config.address else "a Ray started here"
         replicas = (f"{ray_config.min_replicas}-{ray_config.max_replicas}" if ray_config.max_replicas is not None
                     else str(ray_config.replicas))
-        logging.getLogger(PROG).info("serving %s on %s with %s model replicas (batching %s) for %d devices on "
-                                     "http://%s:%d", config.model or "the reference model", where, replicas,
-                                     "on" if ray_config.batching else "off", len(tokens), config.host, config.port)
+        logging.getLogger(PROG).info("serving %s on %s with %s model replicas (%s topology, batching %s) for %d devices "
+                                     "on http://%s:%d", config.model or "the reference model", where, replicas,
+                                     ray_config.topology, "on" if ray_config.batching else "off", len(tokens),
+                                     config.host, config.port)
         while not stop.wait(1.0):
             pass
     finally:

@@ -27,10 +27,14 @@ class ServeConfig:
                              f"{self.rate_per_s}, {self.burst})")
 
 
+TOPOLOGIES = ("split", "combined")  # elma.offload.ray_engine's docstring draws both
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """``elma-serve --engine ray``'s settings (``elma.offload.ray_engine``); flags map 1:1 onto these fields."""
 
+    topology: str = "split"  # split: ingress (1 replica) -> model deployment (N); combined: N replicas of ingress+model
     address: Optional[str] = None  # existing Ray cluster ("auto", "ray://host:10001", "host:6379"); None: start one here
     replicas: int = 1  # model replicas (fixed); ignored when min/max_replicas autoscale
     min_replicas: Optional[int] = None  # autoscaling lower bound; with max_replicas, replaces `replicas`
@@ -39,13 +43,16 @@ class RayConfig:
     max_batch_size: int = 8  # questions per batch at most
     batch_wait_timeout_s: float = 0.005  # how long a first question waits for company (seconds)
     max_ongoing_requests: int = 16  # requests one model replica holds at once (>= max_batch_size)
-    max_queued_requests: int = 64  # requests waiting for a model replica; more are refused: 503 with Retry-After
+    max_queued_requests: int = 64  # requests waiting for a model replica (combined: per replica); more: 503, Retry-After
     intra_op_threads: int = 1  # ONNX Runtime threads per replica: cores / replicas (1 on a 2-core box with 2 replicas)
     replica_cpus: float = 1.0  # CPUs Ray reserves per model replica (scheduling only)
     object_store_mb: int = 200  # object store of a Ray started here (MB); unused with `address`
     retry_after_s: int = 1  # Retry-After of the 503 an overloaded or recovering model replica gives
+    server_timing: bool = False  # add a Server-Timing header (app and model ms) to every response; for profiling
 
     def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)} (got {self.topology!r})")
         if self.replicas < 1 or self.max_batch_size < 1 or self.batch_wait_timeout_s < 0 or self.intra_op_threads < 0:
             raise ValueError(f"replicas and max_batch_size must be >= 1, batch_wait_timeout_s and intra_op_threads >= 0 "
                              f"(got {self.replicas}, {self.max_batch_size}, {self.batch_wait_timeout_s}, "

@@ -25,6 +25,9 @@ def test_add_device_prints_the_token_once_and_stores_its_hash(tmp_path, capsys):
     (["--tokens", "TOKENS", "--db", "nosuchdialect://x"], "cannot open the record store"),
     (["--tokens", "TOKENS", "--engine", "ray", "--replicas", "2"], "a SQLite record store serves one replica only"),
     (["--tokens", "TOKENS", "--engine", "ray", "--min-replicas", "1", "--max-replicas", "3"], "serves one replica only"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--ray-topology", "combined", "--replicas", "2"], "serves one replica only"),
+    (["--tokens", "TOKENS", "--engine", "ray", "--ray-topology", "combined", "--min-replicas", "1", "--max-replicas",
+      "2"], "serves one replica only"),
     (["--tokens", "TOKENS", "--engine", "ray", "--min-replicas", "1"], "autoscaling needs both"),
     (["--tokens", "TOKENS", "--engine", "ray", "--max-batch-size", "32"], "max_ongoing_requests must be >= max_batch_size"),
 ])
