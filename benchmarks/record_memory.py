@@ -21,7 +21,7 @@ Two measurements, each mode in its own child process so that its peak (``ru_maxr
   question: the bundle's fused graph runs one window at each length from 160 to the longest (step 4), then
   two longest windows, twice over, with the pattern on and off (each in a child). Memory that still grows in
   the second pass over the same lengths would grow on and on over a long run; with the pattern on it did
-  (166 -> 205 -> 226 MB on the fp32 MiniLM-L6 bundle), off it stopped (166 -> 205 -> 205 MB).
+  (167 -> 207 -> 228 MiB on the fp32 MiniLM-L6 bundle), off it stopped (167 -> 207 -> 207 MiB).
 
       python benchmarks/record_memory.py lengths BUNDLE --out benchmarks/results/ort-mem-pattern.json
 

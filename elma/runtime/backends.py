@@ -130,8 +130,8 @@ class OrtOptions:
     # ORT's memory pattern (``enable_mem_pattern``) traces a run's allocations per input shape, caches the pattern
     # and allocates it as one block: with a window length that changes per question it keeps a pattern per length
     # and the varying blocks fragment the arena. Measured (MiniLM-L6 fused fp32 graph, one window at each length
-    # 160..384 run twice): with it 166 -> 205 -> 226 MB (the second pass over the same lengths still grew), without
-    # it 166 -> 205 -> 205 MB. Off: memory stops growing once the longest window has been seen.
+    # 160..384, twice; benchmarks/results/ort-mem-pattern.json): with it 167 -> 207 -> 228 MiB (the second pass over
+    # the same lengths still grew), without it 167 -> 207 -> 207 MiB. Same outputs.
     mem_pattern: bool = False
 
     def __post_init__(self) -> None:
