@@ -17,6 +17,14 @@ Two measurements, each mode in its own child process so that its peak (``ru_maxr
       python benchmarks/record_memory.py bench --limits 100 300 1000 --out benchmarks/results/bench-memory.json \\
           -- B32 --data dev.json --policy SPEC --compare B8 --torch-model MODEL --sweep
 
+* ``lengths``: ONNX Runtime's memory pattern (``OrtOptions.mem_pattern``) against window lengths that change per
+  question: the bundle's fused graph runs one window at each length from 160 to the longest (step 4), then
+  two longest windows, twice over, with the pattern on and off (each in a child). Memory that still grows in
+  the second pass over the same lengths would grow on and on over a long run; with the pattern on it did
+  (167 -> 207 -> 228 MiB on the fp32 MiniLM-L6 bundle), off it stopped (167 -> 207 -> 207 MiB).
+
+      python benchmarks/record_memory.py lengths BUNDLE --out benchmarks/results/ort-mem-pattern.json
+
 Prints (and with ``--out`` writes) one JSON object. Resident memory is what the kernel counts (ONNX Runtime's
 and PyTorch's allocations included, which ``tracemalloc`` does not see). Linux only (``/proc``).
 """
@@ -90,6 +98,47 @@ def record_main(args) -> int:
                               capture_output=True, text=True, check=True)
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     _emit(out, args.out)
+    return 0
+
+
+# ---- lengths: the memory pattern against changing window lengths ----------------------------------------------
+
+
+def lengths_child(bundle: str, mem_pattern: bool, passes: int, step: int, shortest: int = 160) -> dict:
+    import numpy as np
+
+    from elma.runtime.backends import OrtOptions
+    from elma.runtime.engine import Runtime
+
+    with Runtime.open(bundle, policy="none", options=OrtOptions(mem_pattern=mem_pattern)) as rt:
+        longest = rt.info.windows.max_seq_length
+        shapes = [(1, t) for t in range(min(shortest, longest), longest + 1, step)] + [(2, longest)]
+
+        def run(batch: int, width: int) -> None:
+            ids = np.full((batch, width), 1000, dtype=np.int32)  # any token: memory depends on the shape only
+            rt.backend.run_fused(ids, np.ones_like(ids), np.zeros_like(ids))
+
+        run(*shapes[0])
+        out = {"mem_pattern": mem_pattern, "shapes": len(shapes), "rss_after_first_run_mib": round(_rss_mib(), 1)}
+        for p in range(passes):
+            for shape in shapes:
+                run(*shape)
+            out[f"rss_after_pass_{p + 1}_mib"] = round(_rss_mib(), 1)
+    return out
+
+
+def lengths_main(args) -> int:
+    if args.mem_pattern is not None:
+        print(json.dumps(lengths_child(args.bundle, args.mem_pattern == "on", args.passes, args.step, args.shortest)))
+        return 0
+    runs = []
+    for mode in ("on", "off"):
+        proc = subprocess.run([sys.executable, __file__, "lengths", args.bundle, "--passes", str(args.passes), "--step",
+                               str(args.step), "--shortest", str(args.shortest), "--mem-pattern", mode],
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    _emit({"machine": platform.platform(), "python": platform.python_version(), "bundle": args.bundle, "runs": runs},
+          args.out)
     return 0
 
 
@@ -203,6 +252,13 @@ def main(argv=None) -> int:
     r.add_argument("--batch", type=int, default=32, help="questions per batch of the batched mode (default 32)")
     r.add_argument("--mode", choices=MODES, help="run one mode in this process (the parent runs each in a child)")
     r.add_argument("--out", help="also write the JSON here")
+    g = sub.add_parser("lengths", help="ONNX Runtime's memory pattern on and off, window lengths changing per run")
+    g.add_argument("bundle")
+    g.add_argument("--passes", type=int, default=2, help="passes over the lengths (default 2)")
+    g.add_argument("--step", type=int, default=4, help="tokens between the lengths run (default 4)")
+    g.add_argument("--shortest", type=int, default=160, help="first length run (default 160; at most the longest)")
+    g.add_argument("--mem-pattern", choices=("on", "off"), help="run one setting in this process")
+    g.add_argument("--out", help="also write the JSON here")
     b = sub.add_parser("bench", help="a whole elma-bench run (arguments after --) at each --limits N")
     b.add_argument("--limits", type=int, nargs="+", help="question counts, one run each (default: the whole file)")
     b.add_argument("--nice", type=int, default=0, help="niceness of the runs (memory does not depend on it)")
@@ -212,6 +268,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "record":
         return record_main(args)
+    if args.what == "lengths":
+        return lengths_main(args)
     if args.bench_args and args.bench_args[0] == "--":
         args.bench_args = args.bench_args[1:]
     if not args.bench_args:

@@ -127,6 +127,12 @@ class OrtOptions:
     # sessions. Measured on MiniLM-L6 (fp32 and int8 bundles, chain and fused graph each, 10 dev questions): 447 -> 286
     # MB; recording 100 dev questions on the fp32 bundle: 420 -> 200 MB (a 384-token window grew all 13 arenas).
     shared_arena: bool = True
+    # ORT's memory pattern (``enable_mem_pattern``) traces a run's allocations per input shape, caches the pattern
+    # and allocates it as one block: with a window length that changes per question it keeps a pattern per length
+    # and the varying blocks fragment the arena. Measured (MiniLM-L6 fused fp32 graph, one window at each length
+    # 160..384, twice; benchmarks/results/ort-mem-pattern.json): with it 167 -> 207 -> 228 MiB (the second pass over
+    # the same lengths still grew), without it 167 -> 207 -> 207 MiB. Same outputs.
+    mem_pattern: bool = False
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
@@ -178,6 +184,7 @@ def session_options(ort, options: OrtOptions):
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_mem_pattern = options.mem_pattern
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.allow_spinning else "0")
     level = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",

@@ -113,3 +113,35 @@ def test_bench_modules_import_without_torch_onnxruntime_or_matplotlib():
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _plain(value) -> bool:
+    """A str, bool, int, float or None, or a tuple of them: nothing that holds an array."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, bool, int, float)
+
+
+def test_a_question_keeps_a_few_plain_values_whatever_the_configuration(tiny_bundles, tiny_squad):
+    """What the timed pass keeps per question and configuration is its answer text and a few numbers (no logits,
+    hidden states or numpy scalars): a full-dev run keeps 6,078 of them per configuration."""
+    pytest.importorskip("onnxruntime")
+    import dataclasses
+    import pickle
+
+    from elma.bench.configs import EveryExitFullDepth, FusedConfig, PolicyConfig, RuntimeFlops, model_dims
+    from elma.data.squad import load_squad
+    from elma.runtime.engine import Runtime
+
+    examples = load_squad(tiny_squad)[:6]
+    with Runtime.open(tiny_bundles.bundle("bert"), policy="entropy:0.5,0.5") as rt:
+        flops = RuntimeFlops(rt, model_dims(rt, None, None))
+        configs = [PolicyConfig(rt, rt.policy, "policy", "policy", flops), PolicyConfig(rt, "none", "chain", "chain", flops),
+                   FusedConfig(rt, "fused", flops=flops), PolicyConfig(rt, EveryExitFullDepth(), "every", "every", flops)]
+        sched = run_interleaved(configs, examples)
+    rows = [r for per_config in sched.results[0] for r in per_config]
+    assert len(rows) == 4 * len(examples)
+    for r in rows:
+        bad = {f.name: type(getattr(r, f.name)).__name__ for f in dataclasses.fields(r) if not _plain(getattr(r, f.name))}
+        assert not bad, f"{r.qid}: fields that are not plain values: {bad}"
+        assert len(pickle.dumps(r)) < 600 + len(r.prediction), "a few hundred bytes per question"

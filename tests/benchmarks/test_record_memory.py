@@ -45,6 +45,15 @@ def test_bench_mode_runs_elma_bench_per_limit_and_stamps_its_stages(tiny_bundles
         assert all(s["peak_so_far_mib"] >= s["rss_mib"] > 0 for s in r["stages"])
 
 
+def test_lengths_mode_runs_the_memory_pattern_on_and_off(tiny_bundles, capsys, child_path):
+    assert record_memory.main(["lengths", str(tiny_bundles.bundle("bert")), "--shortest", "4", "--step", "3",
+                               "--passes", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["mem_pattern"] for r in out["runs"]] == [True, False]
+    for r in out["runs"]:
+        assert r["shapes"] >= 2 and r["rss_after_pass_3_mib"] > 0 and r["rss_after_first_run_mib"] > 0
+
+
 def test_bench_mode_needs_the_elma_bench_arguments():
     with pytest.raises(SystemExit) as exc:
         record_memory.main(["bench", "--limits", "2"])

@@ -55,6 +55,31 @@ def test_sessions_share_one_cpu_arena_unless_told_not_to(tiny_bundles):
             np.testing.assert_array_equal(a, b)
 
 
+def test_memory_pattern_is_off_unless_asked_and_changes_no_output(tiny_bundles):
+    """ORT's memory pattern keeps a pattern per input shape and fragments the arena when the window length changes
+    per question (memory kept growing over a long run): off by default, in every session of the backend."""
+    assert session_options(ort, OrtOptions()).enable_mem_pattern is False
+    assert session_options(ort, OrtOptions(mem_pattern=True)).enable_mem_pattern is True
+    bundle = load_bundle(tiny_bundles.bundle("bert"))
+    outputs = {}
+    for pattern in (False, True):
+        with OrtBackend(bundle, OrtOptions(mem_pattern=pattern)) as backend:
+            backend.run_fused(*(np.ones((1, 4), np.int32),) * 3)  # loads the fused session
+            sessions = [*backend._sessions.values(), backend._fused]
+            assert {s.get_session_options().enable_mem_pattern for s in sessions} == {pattern}
+            outs = []
+            for width in (5, 9, 7, 9, 3):  # a different length per run, as questions come
+                ids = np.full((1, width), 7, np.int32)
+                mask = np.ones_like(ids)
+                hidden = backend.embed(ids, np.zeros_like(ids))
+                for slot in range(backend.num_layers):
+                    hidden = backend.run_layer(slot, hidden, mask)
+                outs += [*backend.run_exit(backend.num_layers - 1, hidden, mask), *backend.run_fused(ids, mask, ids * 0)]
+            outputs[pattern] = outs
+    for a, b in zip(outputs[False], outputs[True]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_provider_choice():
     assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"]) == [
