@@ -173,6 +173,25 @@ def wait_healthy(url: str, token: str, proc, timeout_s: float) -> float:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
+def with_sigterm_restored(run, argv):
+    """``run(argv)``, giving the caller's SIGTERM handler back afterwards: the benchmark mains take SIGTERM over to
+    stop their servers, and a caller in the same process (pytest) must not keep that handler."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def output_pair(tool: str, out: str, overwrite: bool):
+    """``(OUT.json, OUT.md)``, or None after one line on stderr when either is there and ``overwrite`` is false."""
+    out_json, out_md = Path(out + ".json"), Path(out + ".md")
+    if not overwrite and (out_json.exists() or out_md.exists()):
+        print(f"{tool}: error: {out_json} or {out_md} exists (pass --overwrite)", file=sys.stderr)
+        return None
+    return out_json, out_md
+
+
 def replica_pids() -> Dict[str, List[int]]:
     import ray
 

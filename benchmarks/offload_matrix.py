@@ -30,7 +30,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import shutdown_serve, stop_server, wait_healthy  # noqa: E402
+from offload_faults import output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored  # noqa: E402
 from offload_load import run_load  # noqa: E402
 
 
@@ -56,11 +56,7 @@ def engines(cores: int) -> List[Engine]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    previous = signal.getsignal(signal.SIGTERM)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
-    try:
-        return _main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return with_sigterm_restored(_main, argv)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -76,10 +72,10 @@ def _main(argv: Optional[List[str]]) -> int:
     p.add_argument("--smoke", action="store_true", help="uvicorn and each topology with 1 replica, batching on")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
-    if not args.overwrite and (out_json.exists() or out_md.exists()):
-        print(f"offload_matrix: error: {out_json} or {out_md} exists (pass --overwrite)", file=sys.stderr)
+    outputs = output_pair("offload_matrix", args.out, args.overwrite)
+    if outputs is None:
         return 2
+    out_json, out_md = outputs
     cores = os.cpu_count() or 1
     chosen = engines(cores)
     if args.smoke:

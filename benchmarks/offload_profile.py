@@ -38,7 +38,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import CONTEXT, QUESTION, shutdown_serve, stop_server, wait_healthy  # noqa: E402
+from offload_faults import CONTEXT, QUESTION, output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored  # noqa: E402
 
 STAGES = {"ray": ("proxy", "app", "model", "runtime"), "uvicorn": ("other", "runtime")}
 
@@ -89,11 +89,7 @@ def summarize(server: str, rows: List[Dict[str, float]]) -> List[dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    previous = signal.getsignal(signal.SIGTERM)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
-    try:
-        return _main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return with_sigterm_restored(_main, argv)  # _main takes SIGTERM over to clean up; a caller (pytest) gets it back
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -108,10 +104,10 @@ def _main(argv: Optional[List[str]]) -> int:
     p.add_argument("--smoke", action="store_true", help="a few requests: the plumbing, not figures")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
-    if not args.overwrite and (out_json.exists() or out_md.exists()):
-        print(f"offload_profile: error: {out_json} or {out_md} exists (pass --overwrite)", file=sys.stderr)
+    outputs = output_pair("offload_profile", args.out, args.overwrite)
+    if outputs is None:
         return 2
+    out_json, out_md = outputs
     if args.requests < 1:
         print(f"offload_profile: error: --requests must be >= 1 (got {args.requests})", file=sys.stderr)
         return 2
