@@ -234,6 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--model", required=True, help="bundle to serve")
     p.add_argument("--out", help="write the JSON here (default: print it)")
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--ray-topology", choices=("split", "combined"), default="split",
+                   help="combined: one deployment (ingress and model in each replica), so one kill run, of a replica")
     p.add_argument("--overload-clients", type=int, default=64)
     p.add_argument("--max-queued-requests", type=int, default=8)
     p.add_argument("--load-s", type=float, default=5.0, help="seconds of load before and after each fault")
@@ -251,14 +253,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     token = new_token()
     port = args.port or free_port()
     url = f"http://127.0.0.1:{port}"
-    result: dict = {"model": args.model, "replicas": args.replicas}
+    result: dict = {"model": args.model, "replicas": args.replicas, "topology": args.ray_topology}
     pg = PgCluster()
     with tempfile.TemporaryDirectory() as tmp:
         tokens = Path(tmp) / "tokens.txt"
         tokens.write_text(f"fault-device {hash_token(token)}\n")
         cmd = [sys.executable, "-m", "elma.serve_cli", "--engine", "ray", "--model", args.model, "--tokens", str(tokens),
                "--db", pg.url, "--port", str(port), "--replicas", str(args.replicas), "--max-queued-requests",
-               str(args.max_queued_requests), "--rate-per-s", "1000000", "--burst", "1000000"]
+               str(args.max_queued_requests), "--rate-per-s", "1000000", "--burst", "1000000", "--ray-topology",
+               args.ray_topology]
         cmd += ["--ray-address", args.ray_address] if args.ray_address else []
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                                 stderr=open(Path(tmp) / "serve.log", "w"))
@@ -269,11 +272,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 time.sleep(args.load_s * 2)
             result["overload"] = devices.report()
             print("overload:", json.dumps(result["overload"]), file=sys.stderr)
-            # 2. kill -9: a model replica, then the ingress replica
-            result["kill_model_replica"] = kill_run(url, token, pg.url, proc, "ElmaModel", args.load_s, args.timeout_s)
-            print("kill_model_replica:", json.dumps(result["kill_model_replica"]), file=sys.stderr)
-            result["kill_ingress_replica"] = kill_run(url, token, pg.url, proc, "ElmaIngress", args.load_s, args.timeout_s)
-            print("kill_ingress_replica:", json.dumps(result["kill_ingress_replica"]), file=sys.stderr)
+            # 2. kill -9: split: a model replica, then the ingress replica; combined: one of the server replicas
+            kills = ({"kill_model_replica": "ElmaModel", "kill_ingress_replica": "ElmaIngress"}
+                     if args.ray_topology == "split" else {"kill_server_replica": "ElmaServer"})
+            for key, deployment in kills.items():
+                result[key] = kill_run(url, token, pg.url, proc, deployment, args.load_s, args.timeout_s)
+                print(f"{key}:", json.dumps(result[key]), file=sys.stderr)
             # 3. PostgreSQL restarted like a crash under load
             with Devices(url, token, writers=4, askers=2, timeout_s=args.timeout_s) as devices:
                 time.sleep(args.load_s)
@@ -288,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             pg.stop()
             if args.ray_address:
                 shutdown_serve()
-    faults = [result[k] for k in ("kill_model_replica", "kill_ingress_replica", "postgres_restart")]
+    faults = [result[k] for k in (*kills, "postgres_restart")]
     # Refusals count against "ok" in the overload run; while the ingress replica is being replaced, Ray's proxy answers
     # with its own 5xx (reported in statuses): the device retries those as any 5xx.
     result["ok"] = (all(f["acknowledged_lost"] == 0 and f["acknowledged_duplicated"] == 0 and f["hangs"] == 0 for f in faults)
