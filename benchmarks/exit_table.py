@@ -2,11 +2,16 @@
 
     python benchmarks/exit_table.py benchmarks/results/reference-dev-exits.json
     python benchmarks/exit_table.py CANDIDATE.json --against BASELINE.json    # the reference model's shipping rule
+    python benchmarks/exit_table.py PHASE2/eval_results.json --phase-rule PHASE1/eval_results.json
 
 ``--against``: the shipping rule of docs/reference-model-v3.md, written before any v3 figure was seen: the
 candidate replaces the baseline only if its full-depth (last exit) F1 **and** null AUC are both at least the
 baseline's, on the same questions. Prints both tables and the verdict; exit status 0 when the rule holds, 1 when
 it does not, 2 when the files do not score the same questions.
+
+``--phase-rule``: v3's second-recipe rule (docs/reference-model-v3.md, written before either phase had a figure):
+phase 2 (self-distillation) is kept only if its full-depth HasAns span F1 is at most 0.5 below phase 1's **and** the
+mean span F1 of exits 1-3 is higher than phase 1's. Same exit statuses.
 """
 
 from __future__ import annotations
@@ -42,13 +47,35 @@ def shipping_rule(candidate: dict, baseline: dict) -> tuple:
     return holds, reason
 
 
+def phase_rule(phase2: dict, phase1: dict) -> tuple:
+    """(keep phase 2, reason): full-depth span F1 at most 0.5 below phase 1's and exits 1-3 better on average."""
+    a, b = phase2["exits"], phase1["exits"]
+    if a[-1]["total"] != b[-1]["total"] or len(a) != len(b):
+        raise ValueError(f"they score different question sets or depths ({a[-1]['total']} vs {b[-1]['total']} "
+                         f"questions, {len(a)} vs {len(b)} exits)")
+    full = a[-1]["HasAns_span_f1"] - b[-1]["HasAns_span_f1"]
+    early = [sum(e["HasAns_span_f1"] for e in x[:3]) / 3 for x in (a, b)]
+    keep = full >= -0.5 and early[0] > early[1]
+    return keep, (f"full-depth span F1 {a[-1]['HasAns_span_f1']:.2f} vs {b[-1]['HasAns_span_f1']:.2f} ({full:+.2f}), "
+                  f"exits 1-3 mean span F1 {early[0]:.2f} vs {early[1]:.2f} ({early[0] - early[1]:+.2f})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scores", help="JSON with an 'exits' list")
     p.add_argument("--against", metavar="BASELINE", help="apply the shipping rule against this model's scores")
+    p.add_argument("--phase-rule", metavar="PHASE1", help="v3: keep this phase-2 model over phase 1's? (see above)")
     args = p.parse_args(argv)
     scores = json.loads(Path(args.scores).read_text())
     print(table(scores["exits"]))
+    if args.phase_rule:
+        try:
+            keep, reason = phase_rule(scores, json.loads(Path(args.phase_rule).read_text()))
+        except ValueError as err:
+            print(f"exit_table: {err}", file=sys.stderr)
+            return 2
+        print(f"phase rule: {'keep phase 2' if keep else 'keep phase 1'}: {reason}")
+        return 0 if keep else 1
     if not args.against:
         return 0
     baseline = json.loads(Path(args.against).read_text())

@@ -38,3 +38,21 @@ def test_shipping_rule_needs_both_full_depth_f1_and_null_auc(tmp_path, capsys):
     assert "does not hold" in capsys.readouterr().out
     assert exit_table.main([_scores(tmp_path, "other", 70.0, 90.0, total=99), "--against", base]) == 2
     assert "different question sets" in capsys.readouterr().err
+
+
+def _phase(tmp_path, name, spans, total=50):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"exits": [{"exit_layer": i + 1, "HasAns_span_f1": f, "total": total}
+                                          for i, f in enumerate(spans)]}))
+    return str(path)
+
+
+def test_phase_rule_keeps_distillation_only_for_better_early_exits_at_little_cost(tmp_path, capsys):
+    p1 = _phase(tmp_path, "p1", [20, 30, 60, 70, 75, 76])
+    assert exit_table.main([_phase(tmp_path, "a", [40, 50, 65, 72, 75, 75.5]), "--phase-rule", p1]) == 0
+    assert "keep phase 2: full-depth span F1 75.50 vs 76.00 (-0.50)" in capsys.readouterr().out
+    assert exit_table.main([_phase(tmp_path, "b", [40, 50, 65, 72, 75, 75.4]), "--phase-rule", p1]) == 1, \
+        "more than 0.5 lost at full depth"
+    assert exit_table.main([_phase(tmp_path, "c", [20, 30, 60, 72, 77, 78]), "--phase-rule", p1]) == 1, \
+        "early exits no better"
+    assert exit_table.main([_phase(tmp_path, "d", [40, 50, 65, 72, 75, 76], total=49), "--phase-rule", p1]) == 2
