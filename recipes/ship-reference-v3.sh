@@ -59,4 +59,10 @@ if todo "$R/bench-v3-dev$BENCH_LIMIT" "elma-bench, interleaved, $BENCH_LIMIT dev
     elma-bench "$W/B32" --data "$DEV" --limit "$BENCH_LIMIT" --compare "$W/B8" --torch-model $SHIPPED --sweep \
         --report-dir "$R/bench-v3-dev$BENCH_LIMIT"
 fi
+# 5. Peak memory of a whole elma-bench run with baselines and sweep on the full dev half (the early-exit issue's
+#    1 GB bound; about 45 minutes alone on 2 cores). Skipped unless ELMA_MEMORY_RUN=1.
+if [ "${ELMA_MEMORY_RUN:-0}" = 1 ] && todo "$R/bench-memory-v3-dev-full.json" "peak memory, full dev half"; then
+    python benchmarks/record_memory.py bench --limits 6078 --out "$R/bench-memory-v3-dev-full.json" -- "$W/B32" \
+        --data "$DEV" --compare "$W/B8" --torch-model $SHIPPED --sweep
+fi
 echo "done: write the model card ($SHIPPED/README.md) and the README front table from $R/bench-v3-dev$BENCH_LIMIT"
