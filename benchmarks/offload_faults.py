@@ -193,20 +193,13 @@ def output_pair(tool: str, out: str, overwrite: bool):
 
 
 def replica_pids() -> Dict[str, List[int]]:
-    """The replicas' pids, asked through Ray; a connection made here is closed again, so that this process (pytest,
-    say) is not a Ray driver when elma-serve later stops its Ray: Ray ends a driver whose cluster went away."""
     import ray
 
     from elma.offload.ray_engine import replica_pids as pids
 
-    joined_here = not ray.is_initialized()
-    if joined_here:
+    if not ray.is_initialized():
         ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
-    try:
-        return pids()
-    finally:
-        if joined_here:
-            ray.shutdown()
+    return pids()
 
 
 def shutdown_serve() -> None:
