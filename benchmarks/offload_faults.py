@@ -192,6 +192,16 @@ def output_pair(tool: str, out: str, overwrite: bool):
     return out_json, out_md
 
 
+def write_pair(out_json: Path, out_md: Path, payload: dict, lines: List[str]) -> None:
+    """Write ``payload`` as OUT.json and ``lines`` as OUT.md, each to a temporary name renamed once both are there."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json, tmp_md = out_json.with_suffix(".json.tmp"), out_md.with_suffix(".md.tmp")
+    tmp_json.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp_md.write_text("\n".join(lines) + "\n")
+    os.replace(tmp_json, out_json)
+    os.replace(tmp_md, out_md)
+
+
 def replica_pids() -> Dict[str, List[int]]:
     import ray
 

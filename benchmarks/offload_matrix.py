@@ -15,7 +15,6 @@ A quiet machine is needed for figures: run it with nothing else busy. ``--smoke`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored  # noqa: E402
+from offload_faults import output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored, write_pair  # noqa: E402
 from offload_load import run_load  # noqa: E402
 
 
@@ -121,19 +120,13 @@ def _main(argv: Optional[List[str]]) -> int:
     finally:
         pg.stop()
     meta = {"model": args.model, "cores": cores, "requests_per_level": args.requests, "smoke": args.smoke, "only": args.only}
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = out_json.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [f"Offload server on loopback, {args.model}, {cores} cores, {args.requests} requests per level"
              f"{' (smoke run: not figures)' if args.smoke else ''}.", "",
              "| engine | concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['engine']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {sum(r['errors'].values())} |")
-    tmp_md = out_md.with_suffix(".md.tmp")
-    tmp_md.write_text("\n".join(lines) + "\n")
-    os.replace(tmp_json, out_json)
-    os.replace(tmp_md, out_md)
+    write_pair(out_json, out_md, {**meta, "rows": rows}, lines)
     print("\n".join(lines))
     return 0
 

@@ -22,7 +22,6 @@ Figures need a quiet machine; ``--smoke`` checks the plumbing with a few request
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -38,7 +37,7 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests" / "offload"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from offload_faults import CONTEXT, QUESTION, output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored  # noqa: E402
+from offload_faults import CONTEXT, QUESTION, output_pair, shutdown_serve, stop_server, wait_healthy, with_sigterm_restored, write_pair  # noqa: E402
 
 STAGES = {"ray": ("proxy", "app", "model", "runtime"), "uvicorn": ("other", "runtime")}
 
@@ -157,12 +156,7 @@ def _main(argv: Optional[List[str]]) -> int:
              "", "| server | stage | median ms | p90 ms | share of median total |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['server']} | {r['stage']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {100 * r['share_of_total']:.0f}% |"
               for r in summary]
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json, tmp_md = out_json.with_suffix(".json.tmp"), out_md.with_suffix(".md.tmp")
-    tmp_json.write_text(json.dumps({**meta, "stages": summary}, indent=2) + "\n")
-    tmp_md.write_text("\n".join(lines) + "\n")
-    os.replace(tmp_json, out_json)
-    os.replace(tmp_md, out_md)
+    write_pair(out_json, out_md, {**meta, "stages": summary}, lines)
     print("\n".join(lines))
     return 0
 

@@ -108,3 +108,12 @@ def test_profile_stages_add_up_to_the_total():
     summary = offload_profile.summarize("ray combined", [got, {**got, "total": 30.0, "proxy": 18.0}])
     assert [s["stage"] for s in summary] == ["proxy", "app", "model", "runtime", "total"]
     assert summary[-1]["median_ms"] == 25.0 and summary[0]["p90_ms"] == 18.0
+
+
+def test_write_pair_leaves_both_outputs_and_no_temporary_file(tmp_path):
+    from offload_faults import write_pair
+
+    out_json, out_md = tmp_path / "r" / "m.json", tmp_path / "r" / "m.md"
+    write_pair(out_json, out_md, {"rows": [1, 2]}, ["| a |", "|---|"])
+    assert json.loads(out_json.read_text()) == {"rows": [1, 2]} and out_md.read_text() == "| a |\n|---|\n"
+    assert sorted(p.name for p in out_json.parent.iterdir()) == ["m.json", "m.md"]
