@@ -11,7 +11,12 @@ official F1 and its change against full depth, mean and median latency and the s
         --policy entropy:2.4,2.9+skim:2,0.001 [--limit 500] [--min-tokens 300]
 
 ``--min-tokens`` keeps the questions whose first window holds at least that many tokens (long contexts,
-where skimming should pay). Timings need a quiet machine; on a tiny bundle this only checks the wiring.
+where skimming should pay); ``--max-tokens`` the ones with fewer (short contexts, where it should not). Where a
+spec loses F1, ``questions_worse`` counts the questions it answers worse than full depth, with their mean F1 drop
+(``mean_f1_drop_where_worse``): the answers skimmed away or exited from too early. Timings need a quiet machine;
+on a tiny bundle this only checks the wiring.
+
+    python benchmarks/skim_tokens.py BUNDLE --data dev.json --policy none+skim:2,0.001 --max-tokens 300
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from time import perf_counter
 
 from elma.data.squad import load_squad
-from elma.metrics.squad_v2 import squad_v2_scores
+from elma.metrics.squad_v2 import question_f1, squad_v2_scores
 from elma.runtime.engine import Runtime
 from elma.runtime.policies import parse_policy
 
@@ -39,9 +44,12 @@ def parse_args(argv):
                    help="a policy spec with or without skim stages (repeat for several)")
     p.add_argument("--limit", type=int, default=500, help="first N questions, after --min-tokens (default 500)")
     p.add_argument("--min-tokens", type=int, default=0, help="only questions whose first window has this many tokens")
+    p.add_argument("--max-tokens", type=int, help="only questions whose first window has fewer tokens than this")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--no-fused", action="store_true", help="leave out the fused graph")
     args = p.parse_args(argv)
+    if args.max_tokens is not None and args.max_tokens <= args.min_tokens:
+        p.error(f"--max-tokens {args.max_tokens} must be above --min-tokens {args.min_tokens}")
     for spec in args.policy:
         try:
             parse_policy(spec)
@@ -59,16 +67,17 @@ def main(argv=None) -> int:
             policies = {spec: rt.resolve_policy(spec) for spec in dict.fromkeys([FULL, *args.policy])}
         except ValueError as err:
             p.error(str(err))
-        if args.min_tokens:
-            examples = [e for e in examples if len(rt.windows([(e.question, e.context)])[0]) >= args.min_tokens]
+        if args.min_tokens or args.max_tokens is not None:
+            top = float("inf") if args.max_tokens is None else args.max_tokens
+            examples = [e for e in examples if args.min_tokens <= len(rt.windows([(e.question, e.context)])[0]) < top]
         examples = examples[: args.limit]
         if not examples:
-            p.error(f"no question in {args.data} has a first window of {args.min_tokens} tokens or more")
+            p.error(f"no question in {args.data} has a first window of {args.min_tokens} to {args.max_tokens} tokens")
         out = measure(rt, examples, policies, args.warmup, fused=not args.no_fused)
     finally:
         rt.close()
     out = {"bundle": args.bundle, "questions": len(examples), "num_layers": rt.num_layers,
-           "min_tokens": args.min_tokens, **out}
+           "min_tokens": args.min_tokens, "max_tokens": args.max_tokens, **out}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -96,6 +105,7 @@ def measure(rt, examples, policies, warmup: int, fused: bool) -> dict:
                 answers[name].append(a)
     gold = {e.qid: e.answer_texts for e in examples}
     f1 = {name: squad_v2_scores(gold, pr)["f1"] for name, pr in preds.items()}
+    full_q = {e.qid: question_f1(gold[e.qid], preds[FULL][e.qid]) for e in examples}
     mean_ms = {name: statistics.mean(v) for name, v in ms.items()}
     full_tl = statistics.mean(a.token_layers for a in answers[FULL])
     rows = []
@@ -106,7 +116,8 @@ def measure(rt, examples, policies, warmup: int, fused: bool) -> dict:
                "mean_tokens_per_layer": statistics.mean(a.token_layers / a.exit_layer for a in got),
                "mean_exit_layer": statistics.mean(a.exit_layer for a in got), "f1": f1[spec],
                "f1_delta_vs_full": f1[spec] - f1[FULL], "mean_ms": mean_ms[spec],
-               "median_ms": statistics.median(ms[spec]), "speedup_vs_full_depth": mean_ms[FULL] / mean_ms[spec]}
+               "median_ms": statistics.median(ms[spec]), "speedup_vs_full_depth": mean_ms[FULL] / mean_ms[spec],
+               **worse_than_full(full_q, {q: question_f1(gold[q], a) for q, a in preds[spec].items()})}
         if fused:
             row["speedup_vs_fused"] = mean_ms["fused"] / mean_ms[spec]
         rows.append(row)
@@ -114,6 +125,13 @@ def measure(rt, examples, policies, warmup: int, fused: bool) -> dict:
     if fused:
         out["fused"] = {"f1": f1["fused"], "mean_ms": mean_ms["fused"], "median_ms": statistics.median(ms["fused"])}
     return out
+
+
+def worse_than_full(full_f1: dict, f1: dict) -> dict:
+    """How many questions a configuration answers worse than full depth (per-question F1, 0-1), and by how much
+    (F1 points)."""
+    drops = [100 * (full_f1[q] - f1[q]) for q in full_f1 if f1[q] < full_f1[q]]
+    return {"questions_worse": len(drops), "mean_f1_drop_where_worse": statistics.mean(drops) if drops else 0.0}
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ if todo "$W/B32" "fp32 bundle"; then elma export $SHIPPED -o "$W/B32" --precisio
 if todo "$R/calibration-v3.txt" "calibration (risk f1, delta 1, epsilon 0.1)"; then
     # --overwrite: a default the folder or bundle holds is for other weights or another calibration; this replaces it
     elma -v calibrate "$W/B32" --data "$D/heldout.json" --risk f1 --delta 1 --epsilon 0.1 \
-        --skim-layers 2,3 --skim-thresholds 0.001,0.01 --model-dir $SHIPPED --overwrite > "$W/calibration.tmp"
+        --skim-layers 2,3 --skim-thresholds 0.001,0.01 --policies entropy,maxprob,patience,similarity,static,none \
+        --model-dir $SHIPPED --overwrite > "$W/calibration.tmp"
     mv "$W/calibration.tmp" "$R/calibration-v3.txt"
 fi
 if todo "$W/B8" "int8 bundle"; then elma export $SHIPPED -o "$W/B8" --precision int8; fi
@@ -65,4 +66,17 @@ if [ "${ELMA_MEMORY_RUN:-0}" = 1 ] && todo "$R/bench-memory-v3-dev-full.json" "p
     python benchmarks/record_memory.py bench --limits 6078 --out "$R/bench-memory-v3-dev-full.json" -- "$W/B32" \
         --data "$DEV" --compare "$W/B8" --torch-model $SHIPPED --sweep
 fi
+# 6. Skimming alone (the skimming issue): the setting certified for policy `none` in step 3 (every layer, skim stages
+#    only; same recording passes, same guarantee), measured against full depth on long dev questions (a first window
+#    of 300 tokens or more) and on short ones, where it should not pay. Time only on a quiet machine.
+SKIM=$(awk '$1 == "none" && $2 ~ /^none/ {print $2}' "$R/calibration-v3.txt")
+SKIM=${SKIM:-none}  # nothing certified for `none`: full depth, and the rows say so
+for side in long short; do
+    if todo "$R/skim-v3-dev-$side.json" "skimming alone ($SKIM) on $side dev questions, interleaved"; then
+        if [ $side = long ]; then range=(--min-tokens 300); else range=(--max-tokens 300); fi
+        python benchmarks/skim_tokens.py "$W/B32" --data "$DEV" --policy "$SKIM" "${range[@]}" --limit 500 \
+            > "$W/skim-$side.tmp"
+        mv "$W/skim-$side.tmp" "$R/skim-v3-dev-$side.json"
+    fi
+done
 echo "done: write the model card ($SHIPPED/README.md) and the README front table from $R/bench-v3-dev$BENCH_LIMIT"

@@ -35,3 +35,33 @@ def test_bad_specs_are_usage_errors(tiny_bundles, tiny_squad, capsys, spec, matc
     with pytest.raises(SystemExit) as err:
         skim_tokens.main([str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", spec])
     assert err.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_questions_worse_than_full_depth():
+    full = {"a": 1.0, "b": 0.5, "c": 0.0}
+    assert skim_tokens.worse_than_full(full, dict(full)) == {"questions_worse": 0, "mean_f1_drop_where_worse": 0.0}
+    got = skim_tokens.worse_than_full(full, {"a": 0.0, "b": 0.25, "c": 1.0})  # c got better: not counted
+    assert got == {"questions_worse": 2, "mean_f1_drop_where_worse": pytest.approx(62.5)}
+
+
+def test_short_and_long_contexts_split_the_file(tiny_bundles, tiny_squad, capsys):
+    """The tiny file's first windows hold 26, 30 or 31 tokens: 30 splits it into 8 short and 16 long questions."""
+    argv = [str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", "none+skim:1,0", "--warmup", "0",
+            "--no-fused"]
+    counts = {}
+    for name, extra in {"all": [], "long": ["--min-tokens", "30"], "short": ["--max-tokens", "30"]}.items():
+        assert skim_tokens.main(argv + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        counts[name] = out["questions"]
+    assert counts == {"all": 24, "long": 16, "short": 8}
+    assert out["max_tokens"] == 30 and out["min_tokens"] == 0
+    with pytest.raises(SystemExit) as err:
+        skim_tokens.main(argv + ["--max-tokens", "20"])
+    assert err.value.code == 2 and "no question" in capsys.readouterr().err
+
+
+def test_max_tokens_must_be_above_min_tokens(tiny_bundles, tiny_squad, capsys):
+    with pytest.raises(SystemExit) as err:
+        skim_tokens.main([str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", "none",
+                          "--min-tokens", "50", "--max-tokens", "50"])
+    assert err.value.code == 2 and "must be above" in capsys.readouterr().err
