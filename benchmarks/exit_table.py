@@ -60,28 +60,40 @@ def phase_rule(phase2: dict, phase1: dict) -> tuple:
                   f"exits 1-3 mean span F1 {early[0]:.2f} vs {early[1]:.2f} ({early[0] - early[1]:+.2f})")
 
 
+def load_scores(path: str) -> dict:
+    """A scores file (``elma predict --all-exits-out`` or a run's ``eval_results.json``), checked enough for the
+    table and the rules: an ``exits`` list of per-exit dicts. Raises ValueError naming the file otherwise."""
+    try:
+        scores = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read scores ({err})") from err
+    exits = scores.get("exits") if isinstance(scores, dict) else None
+    if not isinstance(exits, list) or not exits or not all(isinstance(e, dict) for e in exits):
+        raise ValueError(f"{path}: not a scores file (no 'exits' list of per-exit scores)")
+    return scores
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("scores", help="JSON with an 'exits' list")
     p.add_argument("--against", metavar="BASELINE", help="apply the shipping rule against this model's scores")
     p.add_argument("--phase-rule", metavar="PHASE1", help="v3: keep this phase-2 model over phase 1's? (see above)")
     args = p.parse_args(argv)
-    scores = json.loads(Path(args.scores).read_text())
-    print(table(scores["exits"]))
-    if args.phase_rule:
-        try:
-            keep, reason = phase_rule(scores, json.loads(Path(args.phase_rule).read_text()))
-        except ValueError as err:
-            print(f"exit_table: {err}", file=sys.stderr)
-            return 2
-        print(f"phase rule: {'keep phase 2' if keep else 'keep phase 1'}: {reason}")
-        return 0 if keep else 1
-    if not args.against:
-        return 0
-    baseline = json.loads(Path(args.against).read_text())
-    print(f"\nbaseline {args.against}\n\n{table(baseline['exits'])}\n")
     try:
+        scores = load_scores(args.scores)
+        print(table(scores["exits"]))
+        if args.phase_rule:
+            keep, reason = phase_rule(scores, load_scores(args.phase_rule))
+            print(f"phase rule: {'keep phase 2' if keep else 'keep phase 1'}: {reason}")
+            return 0 if keep else 1
+        if not args.against:
+            return 0
+        baseline = load_scores(args.against)
+        print(f"\nbaseline {args.against}\n\n{table(baseline['exits'])}\n")
         holds, reason = shipping_rule(scores, baseline)
+    except KeyError as err:  # a rule's score missing from a file (one written before that score existed)
+        print(f"exit_table: a scores file has no {err} per exit, which the rule reads", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"exit_table: {err}", file=sys.stderr)
         return 2

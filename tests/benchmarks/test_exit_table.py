@@ -56,3 +56,20 @@ def test_phase_rule_keeps_distillation_only_for_better_early_exits_at_little_cos
     assert exit_table.main([_phase(tmp_path, "c", [20, 30, 60, 72, 77, 78]), "--phase-rule", p1]) == 1, \
         "early exits no better"
     assert exit_table.main([_phase(tmp_path, "d", [40, 50, 65, 72, 75, 76], total=49), "--phase-rule", p1]) == 2
+
+
+def test_unreadable_or_incomplete_scores_are_exit_2_not_a_rule_outcome(tmp_path, capsys):
+    """The finish recipe reads exit 1 as "keep phase 1" / "rule does not hold": a broken file must not look like it."""
+    good = _scores(tmp_path, "good", 60.0, 75.0)
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    no_span = tmp_path / "no_span.json"  # no HasAns_span_f1, which the phase rule reads
+    no_span.write_text(json.dumps({"exits": [{"f1": 1.0, "total": 100}] * 2}))
+    cases = [[str(empty)], [str(garbled)], [str(tmp_path / "missing.json")], [good, "--against", str(empty)],
+             [good, "--phase-rule", str(garbled)], [str(no_span), "--phase-rule", str(no_span)]]
+    for argv in cases:
+        assert exit_table.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("exit_table: ") and len(err.strip().splitlines()) == 1, err
