@@ -12,7 +12,6 @@ and exits 3, having written nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, help="override the recipe's batch")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--out", help="JSON report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
+    from elma.errors import ElmaError
+    from elma.fsutil import Output, check_outputs, write_json
+
+    try:  # before the GPU check and the training: a taken --out is refused first
+        check_outputs([Output(args.out, "--out")], args.overwrite, inputs=[args.data, args.recipe])
+    except ElmaError as err:
+        p.error(str(err))
 
     import torch
 
@@ -40,7 +47,6 @@ def main(argv=None) -> int:
               f"{torch.version.cuda or 'none'}); run it on a machine with one", file=sys.stderr)
         return EXIT_NO_GPU
 
-    from elma.errors import ElmaError
     from elma.train.recipe import read_recipe
     from elma.train.trainer import TrainConfig, train
 
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
     print(f"{report['gpu']}: {samples_per_s:.1f} samples/s ({args.precision}, batch {config.batch_size}, "
           f"{config.max_seq_length} tokens), peak GPU memory {report['peak_gpu_mb']:.0f} MiB")
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report, args.overwrite)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Latency of one ONNX Runtime session option against its opposite, interleaved question by question.
 
     python benchmarks/ort_options_latency.py BUNDLE --data dev.json --option mem_pattern --limit 300 \\
-        [--policy none] [--out benchmarks/results/ort-mem-pattern-latency.json]
+        [--policy none] [--out benchmarks/results/ort-mem-pattern-latency.json [--overwrite]]
 
 Opens the bundle twice in one process, once with ``OrtOptions(<option>=False)`` and once with ``True`` (every
 other setting at its default), warms both up, then times ``Runtime.ask`` on every question with each, in
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -41,6 +40,8 @@ def time_pair(runtimes, questions, policy: str):
 def main(argv=None) -> int:
     from elma.bench.bootstrap import ratio_ci
     from elma.data.squad import load_squad
+    from elma.errors import ElmaError
+    from elma.fsutil import Output, check_outputs, write_json
     from elma.runtime.backends import OrtOptions
     from elma.runtime.engine import Runtime
 
@@ -52,7 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--policy", default="none", help="exit policy both run (default none: full depth)")
     p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
+    try:  # before any timing: a taken --out is refused, not found out after minutes of work
+        check_outputs([Output(args.out, "--out")], args.overwrite, inputs=[args.data])
+    except ElmaError as err:
+        p.error(str(err))
     examples = load_squad(Path(args.data), check_offsets=False, labels=False)[: args.limit + args.warmup]
     questions = [(ex.question, ex.context) for ex in examples]
     warm, timed = questions[: args.warmup], questions[args.warmup:]
@@ -75,7 +81,7 @@ def main(argv=None) -> int:
           f"{on} {result['mean_ms'][on]:.2f} ms; {on} is {ci.ratio:.3f}x [{ci.low:.3f}, {ci.high:.3f}] "
           f"as fast; {differ} answers differ")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result, args.overwrite)
     return 0
 
 

@@ -34,3 +34,11 @@ def test_on_a_gpu_it_reports_rate_and_memory(tmp_path, tiny_squad, wordpiece_tok
     assert gpu_train_check.main(["--recipe", str(recipe), "--steps", "3", "--warmup", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["samples_per_s"] > 0 and report["peak_gpu_mb"] > 0
+
+
+def test_an_existing_out_is_refused_before_anything_else(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    out.write_text("mine")
+    with pytest.raises(SystemExit) as err:
+        gpu_train_check.main(["--steps", "2", "--out", str(out)])
+    assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err and out.read_text() == "mine"

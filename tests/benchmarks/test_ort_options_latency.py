@@ -41,3 +41,13 @@ def test_order_alternates_between_questions():
     ms, answers = ort_options_latency.time_pair({"a": Fake("a"), "b": Fake("b")}, [("q0", "c"), ("q1", "c")], "none")
     assert [c[:2] for c in calls] == [("a", "q0"), ("b", "q0"), ("b", "q1"), ("a", "q1")]
     assert len(ms["a"]) == len(ms["b"]) == 2 and answers["a"] == answers["b"] == ["q0", "q1"]
+
+
+def test_an_existing_out_is_refused_before_any_timing(tiny_bundles, tiny_squad, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("mine")
+    argv = [str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--limit", "2", "--warmup", "0", "--out", str(out)]
+    with pytest.raises(SystemExit) as err:
+        ort_options_latency.main(argv)
+    assert err.value.code == 2 and "--overwrite" in capsys.readouterr().err and out.read_text() == "mine"
+    assert ort_options_latency.main(argv + ["--overwrite"]) == 0 and json.loads(out.read_text())["questions"] == 2
