@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from elma.errors import ElmaError
+from elma.offload.config import TOPOLOGIES
 
 PROG = "elma-serve"
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn: one process (default); ray: Ray Serve, model replicas, batching")
     ray.add_argument("--ray-address", dest="address", metavar="ADDR", help="join this Ray cluster (e.g. auto, ray://HOST:10001) "
                      "instead of starting Ray here")
-    ray.add_argument("--ray-topology", dest="topology", choices=("split", "combined"), help="split: one ingress replica "
+    ray.add_argument("--ray-topology", dest="topology", choices=TOPOLOGIES, help="split: one ingress replica "
                      "calls N model replicas (default); combined: N replicas each holding the app and a model, one hop "
                      "less (docs/ray-serve.md)")
     ray.add_argument("--replicas", type=int, help="model replicas (default 1)")
