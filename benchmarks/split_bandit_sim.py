@@ -336,5 +336,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """``main`` with an output the user did not ask to replace (or a bad path) as one line and exit 2."""
+    from elma.errors import OutputExistsError, UsageError
+
+    try:
+        return main(argv)
+    except (OutputExistsError, UsageError) as err:  # fsutil.check_outputs, before any work
+        print(f"split_bandit_sim: error: {err}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

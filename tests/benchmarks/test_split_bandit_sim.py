@@ -79,3 +79,7 @@ def test_record_tune_simulate_on_a_tiny_bundle(tiny_bundles, tmp_path, capsys):
     assert "best in hindsight" in md.read_text() and "made up" in md.read_text()
     with pytest.raises(OutputExistsError):  # an output that is already there is refused
         sim.main(argv)
+    before = out.read_text()
+    assert sim.run(argv) == 2, "from the command line: one line and exit 2, not a traceback"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("split_bandit_sim: error: ") and out.read_text() == before
