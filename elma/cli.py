@@ -1,4 +1,4 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, demo, export, build-engines, calibrate, power, sync,
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, snapshot, demo, export, build-engines, calibrate, power, sync,
 finetune, keys, publish, update.
 
 Library code logs and returns; only this module prints. Every error ends as one
@@ -49,6 +49,8 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-file", help="held-out SQuAD file: per-exit scores and null-threshold calibration")
     p.add_argument("--tokenizer", help="tokenizer.json, spiece.model or folder (default: the model's)")
     p.add_argument("--resume", action="store_true", help="continue from output-dir/checkpoint.pt")
+    p.add_argument("--resume-weights", metavar="SNAPSHOT", help="continue this run from a weights-only snapshot "
+                   "(`elma snapshot`) when its checkpoint.pt is lost: same settings, fresh optimizer moments")
     _add_overwrite(p, "an earlier run's output folder")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--teacher", help="extractive-QA model (HF folder or id, or ELMA folder) every exit learns from")
@@ -92,7 +94,7 @@ def cmd_train(args) -> int:
         config = TrainConfig(**values)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, resume_weights=args.resume_weights)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
     print(json.dumps({"steps": result.steps, "final_loss": result.final_loss, "wall_s": round(result.wall_s, 1),
@@ -225,6 +227,27 @@ def cmd_convert(args) -> int:
         save_tokenizer(tokenizer, tmp)
     size_mb = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     print(f"wrote {out} ({args.dtype}, {size_mb:.1f} MB)")
+    return 0
+
+
+def _add_snapshot(sub) -> None:
+    p = sub.add_parser("snapshot", help="a training run's checkpoint.pt as a weights-only snapshot (fp16, step, "
+                       "settings) small enough to commit; `elma train --resume-weights` continues from it")
+    p.add_argument("checkpoint", help="a run's checkpoint.pt")
+    p.add_argument("-o", "--output", required=True, help="the snapshot file to write")
+    _add_overwrite(p, "a snapshot at -o")
+    p.set_defaults(func=cmd_snapshot)
+
+
+def cmd_snapshot(args) -> int:
+    from elma.train.checkpoint import save_snapshot
+
+    check_outputs([Output(args.output, "-o")], args.overwrite, inputs=[args.checkpoint])
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"{args.checkpoint}: no such checkpoint")
+    summary = save_snapshot(Path(args.checkpoint), Path(args.output), overwrite=args.overwrite)
+    print(f"wrote {args.output} (step {summary['step']}, {summary['tensors']} tensors, "
+          f"{summary['bytes'] / 1e6:.1f} MB)")
     return 0
 
 
@@ -603,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
     sub.required = True  # add_subparsers(required=) is 3.7+
-    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_demo, _add_export,
+    for add in (_add_train, _add_prepare, _add_predict, _add_evaluate, _add_convert, _add_snapshot, _add_demo, _add_export,
                 _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
         add(sub)
     from elma.update.cli import add_keys, add_publish, add_update  # signed model updates (docs/updates.md)

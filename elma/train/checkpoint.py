@@ -117,3 +117,72 @@ def model_from_checkpoint(path: Path):
                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     model.exit_config = replace(model.exit_config, null_thresholds=(), default_policy=None, calibration=None)
     return model.eval(), tokenizer, step
+
+
+# -- weights-only snapshots: what survives a lost machine --------------------------------------------------------
+SNAPSHOT_FORMAT = "elma-train-snapshot/1"
+
+
+def save_snapshot(checkpoint_path: Path, target: Path, overwrite: bool = False) -> dict:
+    """Write a weights-only snapshot of a run's checkpoint: the weights in float16, the step and the settings.
+
+    About a third of the checkpoint's size (no AdamW moments, half-width weights), so that it can be committed
+    and a run outlives the machine it trains on: ``elma train --resume-weights`` continues from it. Returns a
+    summary (step, tensors, bytes).
+
+    Raises:
+        ModelLoadError: ``checkpoint_path`` is no checkpoint of ``elma train``.
+    """
+    from elma.errors import ModelLoadError
+
+    try:
+        state = load(checkpoint_path)
+        weights, step, config = state["model"], int(state["step"]), state["config"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise ModelLoadError(f"{checkpoint_path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    snapshot = {"format": SNAPSHOT_FORMAT, "model": half, "step": step, "config": config}
+    atomic_write(target, lambda tmp: torch.save(snapshot, tmp), overwrite=overwrite)
+    return {"step": step, "tensors": len(half), "bytes": Path(target).stat().st_size}
+
+
+def load_snapshot(path: Path) -> dict:
+    """A snapshot written by ``save_snapshot``, weights back in float32.
+
+    Raises:
+        UsageError: the file is missing or is no snapshot (a full ``checkpoint.pt`` resumes with ``--resume``).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise UsageError(f"{path}: cannot read a snapshot ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+        hint = " (a full checkpoint: put it in -o and pass --resume)" if isinstance(state, dict) and "optimizer" in state else ""
+        raise UsageError(f"{path}: not a snapshot of `elma snapshot`{hint}")
+    state["model"] = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+    return state
+
+
+def restore_snapshot(state: dict, model, scheduler, config, path: Path) -> int:
+    """Load a snapshot's weights into ``model`` and move ``scheduler`` to its step; returns that step.
+
+    The AdamW moments start again from zero (they are what the snapshot leaves out); the learning rate, the batch
+    order (a function of seed, epoch and step) and the schedule's end are those of the uninterrupted run.
+
+    Raises:
+        UsageError: the snapshot was written with other settings, or its weights do not fit the model.
+    """
+    import warnings
+
+    check_resumable(state["config"], config, path)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{path}: its weights do not fit the model these settings build "
+                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    step = int(state["step"])
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": moving it, not training
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(step):
+            scheduler.step()
+    logger.warning("resumed from the weights-only snapshot %s at step %d: AdamW moments start from zero", path, step)
+    return step

@@ -156,16 +156,25 @@ def _linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_sched
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_output_dir(config: TrainConfig, resume: bool, overwrite: bool) -> None:
+def check_output_dir(config: TrainConfig, resume: bool, overwrite: bool, resume_weights: Optional[str] = None) -> None:
     """Refuse (exit 2) an ``output_dir`` that is taken, before anything is loaded or written.
 
     ``resume`` needs the checkpoint there; otherwise a non-empty folder is replaced only with ``overwrite``,
-    and only when it holds an earlier run (a checkpoint or a model config).
+    and only when it holds an earlier run (a checkpoint or a model config). ``resume_weights`` (a snapshot) starts
+    the folder afresh, so it must be free like a new run's, and a checkpoint there is resumed with ``resume``.
     """
     out = Path(config.output_dir)
     ckpt_path = out / CHECKPOINT_NAME
     if resume and overwrite:
         raise UsageError("--resume continues the run in -o and --overwrite starts a new one there: pass one of them")
+    if resume_weights is not None:
+        if resume:
+            raise UsageError("--resume continues -o's checkpoint and --resume-weights a snapshot: pass one of them")
+        if not Path(resume_weights).is_file():
+            raise UsageError(f"{resume_weights}: no such snapshot (--resume-weights)")
+        if ckpt_path.is_file():
+            raise UsageError(f"{ckpt_path}: a full checkpoint is there; continue it with --resume (it keeps the "
+                             f"optimizer state a snapshot lacks)")
     if resume:
         if not ckpt_path.is_file():
             raise UsageError(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
@@ -190,8 +199,12 @@ def check_inputs(config: TrainConfig) -> Optional[list]:
     return load_squad(Path(config.eval_file)) if config.eval_file else None
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+          resume_weights: Optional[str] = None) -> TrainResult:
     """Run (or resume) one training job; writes the model folder and ``train_state.json`` into output_dir.
+
+    ``resume_weights``: a weights-only snapshot (``elma snapshot``) of this run, for when its ``checkpoint.pt`` is
+    lost; the run goes on from the snapshot's step with fresh AdamW moments (``checkpoint.restore_snapshot``).
 
     Under torchrun every process calls this; rank 0 alone writes. Nothing is created before the model, the
     teacher and the data have been read: a refused run leaves no output folder behind. With ``overwrite``, an
@@ -203,14 +216,19 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     precision = precision_for(device, config.bf16, config.fp16)
     env.setup(device)
     try:
-        return _train(config, resume, overwrite, env, device, precision)
+        return _train(config, resume, overwrite, env, device, precision, resume_weights)
     finally:
         env.teardown()
 
 
-def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, device, precision) -> TrainResult:
+def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, device, precision,
+           resume_weights: Optional[str] = None) -> TrainResult:
     out = Path(config.output_dir)
-    _on_main(env, lambda: check_output_dir(config, resume, overwrite))
+    _on_main(env, lambda: check_output_dir(config, resume, overwrite, resume_weights))
+    snapshot = None
+    if resume_weights is not None:  # read and checked before the data: a wrong snapshot costs no minutes
+        snapshot = checkpoint.load_snapshot(Path(resume_weights))
+        checkpoint.check_resumable(snapshot["config"], config, Path(resume_weights))
     _on_main(env, lambda: check_inputs(config))
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -279,6 +297,10 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
             step = state["step"]
             del state
             log("resumed from step %d of %d", step, total)
+        elif snapshot is not None:
+            step = checkpoint.restore_snapshot(snapshot, model, scheduler, config, Path(resume_weights))
+            snapshot = None
+            log("resumed from step %d of %d (weights-only snapshot)", step, total)
 
         module = wrap(model, env, device, skim_stages)
         model.train()

@@ -33,7 +33,7 @@ USER_BYTES = b"the user's own file \x00\xff\n"
 
 @dataclass(frozen=True)
 class Writer:
-    """One output of one command. ``argv`` names it OUT; MODEL, BUNDLE, DATA, TOK and FRESH (a path for a
+    """One output of one command. ``argv`` names it OUT; MODEL, BUNDLE, DATA, TOK, CKPT (a run's checkpoint) and FRESH (a path for a
     second output that must not be there) are filled in by the test."""
 
     name: str
@@ -67,6 +67,7 @@ WRITERS = [
            marker="manifest.json"),
     Writer("elma train -o", elma_main, ["train", *TRAIN, "-o", "OUT"], folder=True, marker="config.json"),
     Writer("elma convert -o", elma_main, ["convert", "MODEL", "-o", "OUT"], folder=True, marker="config.json"),
+    Writer("elma snapshot -o", elma_main, ["snapshot", "CKPT", "-o", "OUT"]),
     Writer("elma prepare-data -o", elma_main, ["prepare-data", "DATA", "-o", "OUT", "--holdout-articles", "0"],
            folder=True, marker="split.json"),
     Writer("elma power sample --csv", elma_main, ["power", "sample", "--source", "null", "--duration", "0.1",
@@ -83,8 +84,11 @@ def inputs(tiny_bundles, tmp_path_factory) -> Dict[str, str]:
     data, tok = root / "squad.json", root / "tokenizer.json"
     data.write_text(json.dumps(squad_payload(copies=1)))
     make_wordpiece_tokenizer().save(str(tok))
+    run_dir = root / "run"  # a training run's checkpoint, for elma snapshot
+    argv = [a for a in TRAIN if a not in ("--max-steps", "2")] + ["--max-steps", "1", "-o", str(run_dir)]
+    assert elma_main(["train", *[{"DATA": str(data), "TOK": str(tok)}.get(a, a) for a in argv]]) == 0
     return {"MODEL": str(tiny_bundles.model("bert")), "BUNDLE": str(tiny_bundles.bundle("bert")), "DATA": str(data),
-            "TOK": str(tok)}
+            "TOK": str(tok), "CKPT": str(run_dir / "checkpoint.pt")}
 
 
 def snapshot(root: Path) -> Dict[str, bytes]:
