@@ -69,8 +69,11 @@ fi
 # 6. Skimming alone (the skimming issue): the setting certified for policy `none` in step 3 (every layer, skim stages
 #    only; same recording passes, same guarantee), measured against full depth on long dev questions (a first window
 #    of 300 tokens or more) and on short ones, where it should not pay. Time only on a quiet machine.
-SKIM=$(awk '$1 == "none" && $2 ~ /^none/ {print $2}' "$R/calibration-v3.txt")
-SKIM=${SKIM:-none}  # nothing certified for `none`: full depth, and the rows say so
+# The certificate is read from the manifest that step 3 wrote (exit_thresholds.policies.none.spec), not from the
+# printed report; nothing certified for `none`: full depth, and the rows say so.
+SKIM=$(python -c 'import json, sys
+cert = json.load(open(sys.argv[1]))["exit_thresholds"]["policies"].get("none") or {}
+print(cert.get("spec") or "none")' "$W/B32/manifest.json")
 for side in long short; do
     if todo "$R/skim-v3-dev-$side.json" "skimming alone ($SKIM) on $side dev questions, interleaved"; then
         if [ $side = long ]; then range=(--min-tokens 300); else range=(--max-tokens 300); fi
