@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import random
 import resource
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from elma.bench.bootstrap import ratio_ci
 from elma.data.features import WindowConfig, build_windows
 from elma.data.squad import load_squad
 from elma.errors import ElmaError
@@ -38,18 +38,6 @@ from elma.train.device import Precision
 from elma.train.distributed import DistEnv, wrap
 from elma.train.loop import train_step
 from elma.train.trainer import TrainConfig, _loss_fn, build_model
-
-
-def bootstrap_ratio(num, den, rounds=2000, seed=0):
-    """The ratio of sums num/den with a paired bootstrap 95% interval over steps."""
-    rng = random.Random(seed)
-    n = len(num)
-    ratios = []
-    for _ in range(rounds):
-        idx = [rng.randrange(n) for _ in range(n)]
-        ratios.append(sum(num[i] for i in idx) / sum(den[i] for i in idx))
-    ratios.sort()
-    return sum(num) / sum(den), ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
 
 
 def main(argv=None) -> int:
@@ -121,7 +109,8 @@ def main(argv=None) -> int:
             real.append(int(batch["attention_mask"].sum()))
         print(f"step {i}{' (warm-up)' if i < args.warmup else ''}: eager {step_s['eager']:.2f} s, compiled "
               f"{step_s['compiled']:.2f} s, {batch['input_ids'].shape[1]} tokens per window", file=sys.stderr)
-    speedup, lo, hi = bootstrap_ratio(times["eager"], times["compiled"])
+    ci = ratio_ci(times["eager"], times["compiled"], reference="eager")  # paired over steps, as elma-bench over questions
+    speedup, lo, hi = ci.ratio, ci.low, ci.high
     drift = max(abs(a - b) / max(abs(a), 1e-9) for a, b in zip(losses["eager"], losses["compiled"]))
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "python": sys.version.split()[0], "args": vars(args),
