@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Modules that must run on the device's Python: 3.6 (JetPack 4.6, the TX2; dataclasses from its backport) and up.
-DEVICE_SIDE := elma/__init__.py elma/cli.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
+DEVICE_SIDE := elma/__init__.py elma/cli.py elma/cli_train.py elma/ask_cli.py elma/cli_exit.py elma/errors.py elma/fsutil.py elma/paths.py elma/tokenization.py \
                elma/data/squad.py elma/data/features.py elma/metrics elma/runtime elma/power elma/bench \
                elma/offload/__init__.py elma/offload/queue.py elma/offload/client.py elma/offload/split.py \
                elma/offload/split_ask.py elma/doctor elma/update elma/export/__init__.py elma/export/tensorrt_build.py

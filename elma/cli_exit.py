@@ -1,4 +1,5 @@
-"""Exit codes and one-line error reporting shared by the console scripts (elma-ask, elma-bench)."""
+"""Exit codes, one-line error reporting and the --overwrite flag shared by the console scripts (elma, elma-ask,
+elma-bench)."""
 
 import logging
 import sys
@@ -6,9 +7,15 @@ from typing import Callable, Tuple, Type
 
 from elma.errors import DataError, ElmaError, UsageError
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_MODEL", "UsageError", "run_reported"]
+__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_MODEL", "UsageError", "add_overwrite", "run_reported"]
 
 EXIT_OK, EXIT_USAGE, EXIT_MODEL = 0, 2, 3
+
+
+def add_overwrite(p, what: str) -> None:
+    """The one --overwrite flag every writing command takes."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} that is already there (refused otherwise, "
+                   "exit 2); the old one stays until the new one is complete")
 
 
 def run_reported(prog: str, call: Callable[[], int], plain_errors: Tuple[Type[BaseException], ...] = ()) -> int:
