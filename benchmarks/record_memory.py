@@ -17,13 +17,15 @@ Two measurements, each mode in its own child process so that its peak (``ru_maxr
       python benchmarks/record_memory.py bench --limits 100 300 1000 --out benchmarks/results/bench-memory.json \\
           -- B32 --data dev.json --policy SPEC --compare B8 --torch-model MODEL --sweep
 
-* ``lengths``: ONNX Runtime's memory pattern (``OrtOptions.mem_pattern``) against window lengths that change per
-  question: the bundle's fused graph runs one window at each length from 160 to the longest (step 4), then
-  two longest windows, twice over, with the pattern on and off (each in a child). Memory that still grows in
-  the second pass over the same lengths would grow on and on over a long run; with the pattern on it did
-  (167 -> 207 -> 228 MiB on the fp32 MiniLM-L6 bundle), off it stopped (167 -> 207 -> 207 MiB).
+* ``lengths``: ONNX Runtime's allocator set-up against window lengths that change per question: the bundle's
+  fused graph runs one window at each length from 160 to the longest (step 4), then two longest windows, twice
+  over, under each setting in a child of its own: the memory pattern (``OrtOptions.mem_pattern``) on and off, the
+  shared arena growing as requested instead of by powers of two (``OrtOptions.arena_extend``), and an arena per
+  session (``shared_arena`` off). Memory that still grows in the second pass over the same lengths would grow on
+  and on over a long run; with the pattern on it did (167 -> 207 -> 228 MiB on the fp32 MiniLM-L6 bundle), off it
+  stopped (167 -> 207 -> 207 MiB).
 
-      python benchmarks/record_memory.py lengths BUNDLE --out benchmarks/results/ort-mem-pattern.json
+      python benchmarks/record_memory.py lengths BUNDLE --out benchmarks/results/ort-arena.json
 
 Prints (and with ``--out`` writes) one JSON object. Resident memory is what the kernel counts (ONNX Runtime's
 and PyTorch's allocations included, which ``tracemalloc`` does not see). Linux only (``/proc``).
@@ -104,13 +106,20 @@ def record_main(args) -> int:
 # ---- lengths: the memory pattern against changing window lengths ----------------------------------------------
 
 
-def lengths_child(bundle: str, mem_pattern: bool, passes: int, step: int, shortest: int = 160) -> dict:
+# name -> OrtOptions fields of each setting the lengths mode compares (the first two: the memory pattern)
+LENGTH_SETTINGS = {"mem_pattern on": {"mem_pattern": True}, "mem_pattern off": {},
+                   "arena same_as_requested": {"arena_extend": "same_as_requested"},
+                   "arena per session": {"shared_arena": False}}
+
+
+def lengths_child(bundle: str, setting: str, passes: int, step: int, shortest: int = 160) -> dict:
     import numpy as np
 
     from elma.runtime.backends import OrtOptions
     from elma.runtime.engine import Runtime
 
-    with Runtime.open(bundle, policy="none", options=OrtOptions(mem_pattern=mem_pattern)) as rt:
+    options = OrtOptions(**LENGTH_SETTINGS[setting])
+    with Runtime.open(bundle, policy="none", options=options) as rt:
         longest = rt.info.windows.max_seq_length
         shapes = [(1, t) for t in range(min(shortest, longest), longest + 1, step)] + [(2, longest)]
 
@@ -119,7 +128,9 @@ def lengths_child(bundle: str, mem_pattern: bool, passes: int, step: int, shorte
             rt.backend.run_fused(ids, np.ones_like(ids), np.zeros_like(ids))
 
         run(*shapes[0])
-        out = {"mem_pattern": mem_pattern, "shapes": len(shapes), "rss_after_first_run_mib": round(_rss_mib(), 1)}
+        out = {"setting": setting, "mem_pattern": options.mem_pattern, "arena_extend": options.arena_extend,
+               "shared_arena": options.shared_arena, "shapes": len(shapes),
+               "rss_after_first_run_mib": round(_rss_mib(), 1)}
         for p in range(passes):
             for shape in shapes:
                 run(*shape)
@@ -128,13 +139,13 @@ def lengths_child(bundle: str, mem_pattern: bool, passes: int, step: int, shorte
 
 
 def lengths_main(args) -> int:
-    if args.mem_pattern is not None:
-        print(json.dumps(lengths_child(args.bundle, args.mem_pattern == "on", args.passes, args.step, args.shortest)))
+    if args.setting is not None:
+        print(json.dumps(lengths_child(args.bundle, args.setting, args.passes, args.step, args.shortest)))
         return 0
     runs = []
-    for mode in ("on", "off"):
+    for setting in LENGTH_SETTINGS:
         proc = subprocess.run([sys.executable, __file__, "lengths", args.bundle, "--passes", str(args.passes), "--step",
-                               str(args.step), "--shortest", str(args.shortest), "--mem-pattern", mode],
+                               str(args.step), "--shortest", str(args.shortest), "--setting", setting],
                               capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     _emit({"machine": platform.platform(), "python": platform.python_version(), "bundle": args.bundle, "runs": runs},
@@ -252,12 +263,12 @@ def main(argv=None) -> int:
     r.add_argument("--batch", type=int, default=32, help="questions per batch of the batched mode (default 32)")
     r.add_argument("--mode", choices=MODES, help="run one mode in this process (the parent runs each in a child)")
     r.add_argument("--out", help="also write the JSON here")
-    g = sub.add_parser("lengths", help="ONNX Runtime's memory pattern on and off, window lengths changing per run")
+    g = sub.add_parser("lengths", help="ONNX Runtime's allocator settings, window lengths changing per run")
     g.add_argument("bundle")
     g.add_argument("--passes", type=int, default=2, help="passes over the lengths (default 2)")
     g.add_argument("--step", type=int, default=4, help="tokens between the lengths run (default 4)")
     g.add_argument("--shortest", type=int, default=160, help="first length run (default 160; at most the longest)")
-    g.add_argument("--mem-pattern", choices=("on", "off"), help="run one setting in this process")
+    g.add_argument("--setting", choices=tuple(LENGTH_SETTINGS), help="run one setting in this process")
     g.add_argument("--out", help="also write the JSON here")
     b = sub.add_parser("bench", help="a whole elma-bench run (arguments after --) at each --limits N")
     b.add_argument("--limits", type=int, nargs="+", help="question counts, one run each (default: the whole file)")

@@ -133,6 +133,12 @@ class OrtOptions:
     # 160..384, twice; benchmarks/results/ort-mem-pattern.json): with it 167 -> 207 -> 228 MiB (the second pass over
     # the same lengths still grew), without it 167 -> 207 -> 207 MiB. Same outputs.
     mem_pattern: bool = False
+    # How the shared arena grows: "power_of_two" (ORT's default, kNextPowerOfTwo) or "same_as_requested" (each
+    # extension exactly what the run asked for). Measured with window lengths changing per run (v2's fp32 bundle,
+    # fused graph, lengths 160..384 twice; benchmarks/results/ort-arena.json): power of two 208 MiB, same as
+    # requested 617 MiB (its many small regions do not coalesce). One arena per process: the first runtime opened
+    # decides (a later one asking otherwise gets a warning and the first's).
+    arena_extend: str = "power_of_two"
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 1:
@@ -140,6 +146,8 @@ class OrtOptions:
                              f"(got {self.intra_op_threads}, {self.inter_op_threads})")
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise ValueError(f"graph_optimization must be disable, basic, extended or all (got {self.graph_optimization!r})")
+        if self.arena_extend not in ARENA_EXTEND:
+            raise ValueError(f"arena_extend must be power_of_two or same_as_requested (got {self.arena_extend!r})")
 
 
 def import_onnxruntime():
@@ -153,33 +161,39 @@ def import_onnxruntime():
 
 _ARENA_LOCK = threading.Lock()
 _shared_arena: Optional[bool] = None  # None: not tried yet in this process; then whether it is registered
+_arena_extend: Optional[str] = None  # the strategy the registered arena grows by
+ARENA_EXTEND = {"power_of_two": 0, "same_as_requested": 1}  # OrtArenaCfg's arena_extend_strategy values
 
 
-def shared_cpu_arena(ort) -> bool:
+def shared_cpu_arena(ort, extend: str = "power_of_two") -> bool:
     """Register one CPU arena allocator with ONNX Runtime's environment, once per process; whether sessions can
     share it (``session.use_env_allocators``). An onnxruntime without the API keeps an arena per session.
 
     The environment is ORT's one per process, so the arena outlives every session (as a session's own arena
-    lives as long as the session): its memory is reused by the next runtime opened, not returned.
+    lives as long as the session): its memory is reused by the next runtime opened, not returned. ``extend``
+    (``OrtOptions.arena_extend``) is the first caller's; a later caller asking another is warned and shares it.
     """
-    global _shared_arena
+    global _shared_arena, _arena_extend
     with _ARENA_LOCK:
         if _shared_arena is None:
             try:
                 info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                # max_mem 0 and -1 for the extend strategy, initial chunk, dead bytes: ORT's defaults
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-                _shared_arena = True
+                # max_mem 0 (no limit); -1 for the initial chunk and dead bytes per chunk: ORT's defaults
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, ARENA_EXTEND[extend], -1, -1))
+                _shared_arena, _arena_extend = True, extend
             except Exception as err:  # an older onnxruntime (no such API) or its own error types
                 logger.info("onnxruntime: no shared CPU arena (%s); one arena per session", err)
                 _shared_arena = False
+        elif _shared_arena and extend != _arena_extend:
+            logger.warning("onnxruntime: the shared CPU arena of this process grows %s, not %s (the first runtime "
+                           "opened decides)", _arena_extend, extend)
         return _shared_arena
 
 
 def session_options(ort, options: OrtOptions):
     """``ort.SessionOptions`` from ``OrtOptions``."""
     so = ort.SessionOptions()
-    if options.shared_arena and shared_cpu_arena(ort):
+    if options.shared_arena and shared_cpu_arena(ort, options.arena_extend):
         so.add_session_config_entry("session.use_env_allocators", "1")
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads

@@ -45,11 +45,14 @@ def test_bench_mode_runs_elma_bench_per_limit_and_stamps_its_stages(tiny_bundles
         assert all(s["peak_so_far_mib"] >= s["rss_mib"] > 0 for s in r["stages"])
 
 
-def test_lengths_mode_runs_the_memory_pattern_on_and_off(tiny_bundles, capsys, child_path):
+def test_lengths_mode_runs_every_allocator_setting_in_its_own_child(tiny_bundles, capsys, child_path):
     assert record_memory.main(["lengths", str(tiny_bundles.bundle("bert")), "--shortest", "4", "--step", "3",
                                "--passes", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["mem_pattern"] for r in out["runs"]] == [True, False]
+    assert [r["setting"] for r in out["runs"]] == list(record_memory.LENGTH_SETTINGS)
+    assert [r["mem_pattern"] for r in out["runs"]] == [True, False, False, False]
+    assert [r["arena_extend"] for r in out["runs"]][2] == "same_as_requested"  # the child ran what it was asked
+    assert [r["shared_arena"] for r in out["runs"]] == [True, True, True, False]
     for r in out["runs"]:
         assert r["shapes"] >= 2 and r["rss_after_pass_3_mib"] > 0 and r["rss_after_first_run_mib"] > 0
 

@@ -55,6 +55,15 @@ def test_sessions_share_one_cpu_arena_unless_told_not_to(tiny_bundles):
             np.testing.assert_array_equal(a, b)
 
 
+def test_the_shared_arena_grows_by_one_strategy_per_process_and_says_so_when_asked_another(caplog):
+    assert shared_cpu_arena(ort) and shared_cpu_arena(ort, "power_of_two")  # what every runtime asks by default
+    with caplog.at_level("WARNING", logger="elma.runtime.backends"):
+        assert shared_cpu_arena(ort, "same_as_requested"), "still shared: the first runtime's arena"
+    assert "grows power_of_two, not same_as_requested" in caplog.text
+    with pytest.raises(ValueError, match="arena_extend"):
+        OrtOptions(arena_extend="doubling")
+
+
 def test_memory_pattern_is_off_unless_asked_and_changes_no_output(tiny_bundles):
     """ORT's memory pattern keeps a pattern per input shape and fragments the arena when the window length changes
     per question (memory kept growing over a long run): off by default, in every session of the backend."""
