@@ -116,7 +116,7 @@ def cmd_prepare(args) -> int:
 def add_convert(sub) -> None:
     p = sub.add_parser("convert", help="re-save a model folder (e.g. as a compact fp16 checkpoint), or a training run's "
                        "checkpoint.pt as a model folder")
-    p.add_argument("model", help="ELMA model folder, or a run's checkpoint.pt (a snapshot of a run that is still going)")
+    p.add_argument("model", help="ELMA model folder, or a run's checkpoint.pt (the model of a run that is still going)")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
     add_overwrite(p, "an ELMA model folder at -o")
