@@ -89,6 +89,21 @@ def rank_rng(state: dict, rank: int, world_size: int) -> Optional[dict]:
     return ranks[rank]
 
 
+def _read_weights(path: Path):
+    """(weights, step, settings) of a run's checkpoint.
+
+    Raises:
+        ModelLoadError: the file is no checkpoint of ``elma train``.
+    """
+    from elma.errors import ModelLoadError
+
+    try:
+        state = load(path)
+        return state["model"], int(state["step"]), state["config"]
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise ModelLoadError(f"{path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
+
+
 def model_from_checkpoint(path: Path):
     """The model of a training run's checkpoint, in eval mode, with its tokenizer and step: a snapshot of a run that
     is still going (``elma convert RUN/checkpoint.pt -o FOLDER``). Its exits carry no calibrated thresholds.
@@ -102,12 +117,7 @@ def model_from_checkpoint(path: Path):
     from elma.train.backbone import build_model
     from elma.train.trainer import TrainConfig
 
-    try:
-        state = load(path)
-        saved = state["config"]
-        weights, step = state["model"], int(state["step"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise ModelLoadError(f"{path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
+    weights, step, saved = _read_weights(path)
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: _normal(v) for k, v in saved.items() if k in known})
     model, tokenizer = build_model(config)
@@ -133,13 +143,7 @@ def save_snapshot(checkpoint_path: Path, target: Path, overwrite: bool = False) 
     Raises:
         ModelLoadError: ``checkpoint_path`` is no checkpoint of ``elma train``.
     """
-    from elma.errors import ModelLoadError
-
-    try:
-        state = load(checkpoint_path)
-        weights, step, config = state["model"], int(state["step"]), state["config"]
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise ModelLoadError(f"{checkpoint_path}: not a checkpoint of `elma train` ({type(err).__name__}: {err})") from None
+    weights, step, config = _read_weights(checkpoint_path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     snapshot = {"format": SNAPSHOT_FORMAT, "model": half, "step": step, "config": config}
     atomic_write(target, lambda tmp: torch.save(snapshot, tmp), overwrite=overwrite)
@@ -153,7 +157,7 @@ def load_snapshot(path: Path) -> dict:
         UsageError: the file is missing or is no snapshot (a full ``checkpoint.pt`` resumes with ``--resume``).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load(path)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UsageError(f"{path}: cannot read a snapshot ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
@@ -163,18 +167,18 @@ def load_snapshot(path: Path) -> dict:
     return state
 
 
-def restore_snapshot(state: dict, model, scheduler, config, path: Path) -> int:
+def restore_snapshot(state: dict, model, scheduler, path: Path) -> int:
     """Load a snapshot's weights into ``model`` and move ``scheduler`` to its step; returns that step.
 
     The AdamW moments start again from zero (they are what the snapshot leaves out); the learning rate, the batch
-    order (a function of seed, epoch and step) and the schedule's end are those of the uninterrupted run.
+    order (a function of seed, epoch and step) and the schedule's end are those of the uninterrupted run. The
+    caller has checked the snapshot's settings (``check_resumable``), before reading the training data.
 
     Raises:
-        UsageError: the snapshot was written with other settings, or its weights do not fit the model.
+        UsageError: its weights do not fit the model.
     """
     import warnings
 
-    check_resumable(state["config"], config, path)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UsageError(f"{path}: its weights do not fit the model these settings build "

@@ -298,7 +298,7 @@ def _train(config: TrainConfig, resume: bool, overwrite: bool, env: DistEnv, dev
             del state
             log("resumed from step %d of %d", step, total)
         elif snapshot is not None:
-            step = checkpoint.restore_snapshot(snapshot, model, scheduler, config, Path(resume_weights))
+            step = checkpoint.restore_snapshot(snapshot, model, scheduler, Path(resume_weights))
             snapshot = None
             log("resumed from step %d of %d (weights-only snapshot)", step, total)
 
