@@ -12,7 +12,8 @@ Two measurements, each mode in its own child process so that its peak (``ru_maxr
 
 * ``bench``: a whole ``elma-bench`` run (the arguments after ``--``) at each ``--limits`` N, so that what grows
   with the questions shows apart from what is fixed. A thread samples the resident memory (``/proc/self/statm``,
-  every 10 ms) and every stage ``elma-bench`` logs is stamped with the memory then: what each stage adds.
+  every 10 ms), and its anonymous part (resident minus file-backed: see ``_resident_mib``), and every stage
+  ``elma-bench`` logs is stamped with the memory then: what each stage adds.
 
       python benchmarks/record_memory.py bench --limits 100 300 1000 --out benchmarks/results/bench-memory.json \\
           -- B32 --data dev.json --policy SPEC --compare B8 --torch-model MODEL --sweep
@@ -48,7 +49,7 @@ from typing import List, Optional
 
 MODES = ("batched", "streamed")
 SAMPLE_S = 0.01  # resident memory sampling period of the bench mode
-TIMELINE_S = 2.0  # period of the (seconds, MiB) timeline the bench mode keeps
+TIMELINE_S = 2.0  # period of the (seconds, resident MiB, anonymous MiB) timeline the bench mode keeps
 
 
 def _peak_mib() -> float:
@@ -59,8 +60,20 @@ def _peak_mib() -> float:
 
 def _rss_mib() -> float:
     """Resident memory of this process now (MiB)."""
+    return _resident_mib()[0]
+
+
+def _resident_mib() -> tuple:
+    """(resident, of it file-backed) memory of this process now, MiB (``/proc/self/statm``: resident, shared).
+
+    File-backed pages (shared libraries, and the bundles' weight files, which ONNX Runtime maps) are clean: the
+    kernel can drop them and read them again, and a page mapped by two sessions counts twice in the resident
+    figure. The rest (anonymous: heaps, arenas, tensors) is what the process holds for good.
+    """
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        fields = f.read().split()
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+    return int(fields[1]) * page, int(fields[2]) * page
 
 
 # ---- record: batched against streamed --------------------------------------------------------------------------
@@ -162,8 +175,10 @@ class RssSampler:
     def __init__(self, period_s: float = SAMPLE_S):
         self.period_s = period_s
         self.peak_mib = _rss_mib()
+        self.peak_anon_mib = 0.0  # highest anonymous (resident minus file-backed) memory seen
+        self.file_at_peak_mib = 0.0  # file-backed part of the resident memory at its peak
         self.stages: List[dict] = []
-        self.timeline: List[tuple] = []  # (seconds, MiB) every TIMELINE_S
+        self.timeline: List[tuple] = []  # (seconds, resident MiB, anonymous MiB) every TIMELINE_S
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -171,19 +186,26 @@ class RssSampler:
     def _run(self) -> None:
         next_s = 0.0
         while not self._stop.wait(self.period_s):
-            now = _rss_mib()
-            self.peak_mib = max(self.peak_mib, now)
+            now, anon = self._sample()
             t = time.perf_counter() - self._t0
             if t >= next_s:
-                self.timeline.append((round(t, 1), round(now, 1)))
+                self.timeline.append((round(t, 1), round(now, 1), round(anon, 1)))
                 next_s = t + TIMELINE_S
+
+    def _sample(self) -> tuple:
+        """(resident, anonymous) now, MiB; the peaks updated."""
+        now, file_backed = _resident_mib()
+        if now > self.peak_mib:
+            self.peak_mib, self.file_at_peak_mib = now, file_backed
+        self.peak_anon_mib = max(self.peak_anon_mib, now - file_backed)
+        return now, now - file_backed
 
     def mark(self, name: str) -> None:
         """A stage begins: the memory now and the highest so far (the previous stages' peak)."""
-        now = _rss_mib()
-        self.peak_mib = max(self.peak_mib, now)
+        now, anon = self._sample()
         self.stages.append({"stage": name, "at_s": round(time.perf_counter() - self._t0, 2),
-                            "rss_mib": round(now, 1), "peak_so_far_mib": round(self.peak_mib, 1)})
+                            "rss_mib": round(now, 1), "anon_mib": round(anon, 1),
+                            "peak_so_far_mib": round(self.peak_mib, 1)})
 
     def __enter__(self) -> "RssSampler":
         self._thread.start()
@@ -219,6 +241,8 @@ def bench_child(bench_args: List[str]) -> dict:
         report = json.loads((Path(tmp) / "report" / "report.json").read_text()) if rc == 0 else {}
     return {"exit_status": rc, "seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_mib": round(_peak_mib(), 1), "sampled_peak_rss_mib": round(sampler.peak_mib, 1),
+            "file_backed_at_sampled_peak_mib": round(sampler.file_at_peak_mib, 1),
+            "sampled_peak_anon_mib": round(sampler.peak_anon_mib, 1),
             "questions": report.get("questions"), "windows": report.get("windows"),
             "sweep_record_bytes": report.get("sweep_record_bytes"), "report_peak_rss_mb": report.get("peak_rss_end_mb"),
             "stages": sampler.stages, "timeline": sampler.timeline}
@@ -239,7 +263,9 @@ def bench_main_(args) -> int:
         run = json.loads(proc.stdout.strip().splitlines()[-1])
         run["command"] = "elma-bench " + " ".join(argv)
         runs.append(run)
-        print(f"limit {n or 'all'}: peak {run['peak_rss_mib']:.0f} MiB, {run['seconds']:.0f} s", file=sys.stderr)
+        print(f"limit {n or 'all'}: peak {run['peak_rss_mib']:.0f} MiB resident ({run['file_backed_at_sampled_peak_mib']:.0f} "
+              f"of it file-backed), anonymous peak {run['sampled_peak_anon_mib']:.0f} MiB, {run['seconds']:.0f} s",
+              file=sys.stderr)
     _emit({"machine": platform.platform(), "python": platform.python_version(), "runs": runs}, args.out)
     return 0
 

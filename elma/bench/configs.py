@@ -17,6 +17,7 @@ torch and transformers are imported inside the configurations that need them.
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -178,18 +179,39 @@ class FusedConfig(Configuration):
         return self._flops.lengths(ex) if self._flops else []
 
 
+@contextmanager
+def onednn(torch, enabled: bool):
+    """PyTorch's oneDNN (``torch.backends.mkldnn.enabled``) set for the block, restored after.
+
+    Off, CPU linear layers run MKL's GEMM. On (PyTorch's default), oneDNN builds and caches a primitive (with its
+    JIT kernel) per input shape, and the window length changes per question: measured on the PyTorch eager
+    baseline of MiniLM-L6 (400 dev questions after 8 of warm-up; ``benchmarks/torch_onednn.py``,
+    ``benchmarks/results/torch-onednn.json``) resident memory grew 59 MiB with it on, still growing, against 11
+    MiB with it off, flat after the first hundred.
+    """
+    backends = torch.backends.mkldnn
+    before = backends.enabled
+    backends.enabled = enabled
+    try:
+        yield
+    finally:
+        backends.enabled = before
+
+
 class TorchEagerConfig(Configuration):
-    """``MultiExitQA`` of an ELMA model folder in PyTorch eager, its last exit's logits."""
+    """``MultiExitQA`` of an ELMA model folder in PyTorch eager, its last exit's logits; oneDNN off unless asked
+    (``onednn``: see there; PyTorch then runs MKL's GEMM)."""
 
     kind = "torch-eager"
     name = "PyTorch eager, full depth (last exit)"
 
-    def __init__(self, model_dir, rt, flops: Optional[RuntimeFlops] = None):
+    def __init__(self, model_dir, rt, flops: Optional[RuntimeFlops] = None, use_onednn: bool = False):
         import torch
 
         from elma.model.multi_exit import MultiExitQA
 
         self._torch = torch
+        self.use_onednn = use_onednn
         self.model = MultiExitQA.from_pretrained(model_dir).eval()
         if self.model.num_exits != rt.num_layers:
             raise ValueError(f"{model_dir}: {self.model.num_exits} exits, the benchmarked model has {rt.num_layers} layers")
@@ -199,7 +221,7 @@ class TorchEagerConfig(Configuration):
     def answer(self, ex: Example) -> Outcome:
         windows = self.rt.windows([(ex.question, ex.context)])
         ids, mask, types = (self._torch.from_numpy(a.astype(np.int64)) for a in batch_windows(windows, self.rt.pad_id))
-        with self._torch.inference_mode():
+        with self._torch.inference_mode(), onednn(self._torch, self.use_onednn):
             start, end = self.model(ids, mask, types)  # (L, B, T)
         return _full_depth_outcome(self.rt, ex, windows, start[-1].float().numpy(), end[-1].float().numpy(),
                                    self.num_layers)
@@ -222,11 +244,12 @@ class HfQaConfig(Configuration):
 
     kind = "hf-qa"
 
-    def __init__(self, checkpoint, geometry):
+    def __init__(self, checkpoint, geometry, use_onednn: bool = False):
         import torch
         from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 
         self._torch = torch
+        self.use_onednn = use_onednn  # as in TorchEagerConfig
         config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
         self.model = AutoModelForQuestionAnswering.from_pretrained(checkpoint, local_files_only=True).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
@@ -248,7 +271,7 @@ class HfQaConfig(Configuration):
             n = int(enc["attention_mask"][w].sum())
             offsets.append([tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w].tolist()[:n], seq_ids[:n])])
         inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        with self._torch.inference_mode():
+        with self._torch.inference_mode(), onednn(self._torch, self.use_onednn):
             logits = self.model(**inputs)
         start, end = logits.start_logits.float().numpy(), logits.end_logits.float().numpy()  # (W, T)
         span = decode_answer(ex.context, [s[:len(o)] for s, o in zip(start, offsets)],

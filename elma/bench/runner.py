@@ -161,6 +161,8 @@ def _torch_configs(cfg: BenchConfig, rt, flops: RuntimeFlops, notes: List[str], 
         stage("loading the PyTorch eager baseline")
         try:
             out.append(TorchEagerConfig(torch_model, rt, flops))
+            notes.append("PyTorch eager runs with oneDNN off (MKL GEMM): its per-shape primitive cache grows memory "
+                         "over a run (elma.bench.configs.onednn)")
         except ImportError as err:
             notes.append(f"PyTorch eager baseline skipped: {err}")
     else:

@@ -39,6 +39,9 @@ def test_bench_mode_runs_elma_bench_per_limit_and_stamps_its_stages(tiny_bundles
     for r in out["runs"]:
         assert r["exit_status"] == 0 and r["command"].endswith(f"--limit {r['questions']}")
         assert r["peak_rss_mib"] >= r["sampled_peak_rss_mib"] * 0.9 > 0 and r["sweep_record_bytes"] > 0 and r["timeline"]
+        assert 0 < r["sampled_peak_anon_mib"] <= r["sampled_peak_rss_mib"]  # resident = anonymous + file-backed
+        assert 0 < r["file_backed_at_sampled_peak_mib"] < r["sampled_peak_rss_mib"]
+        assert all(0 < anon <= rss for _, rss, anon in r["timeline"])
         stages = [s["stage"] for s in r["stages"]]
         assert stages[0] == "start" and stages[-1] == "end"
         assert any(s.startswith("recording every exit") for s in stages), stages
@@ -61,3 +64,20 @@ def test_bench_mode_needs_the_elma_bench_arguments():
     with pytest.raises(SystemExit) as exc:
         record_memory.main(["bench", "--limits", "2"])
     assert exc.value.code == 2
+
+
+def test_resident_memory_splits_into_file_backed_and_anonymous(tmp_path):
+    """A mapped file read through counts as file-backed, a filled buffer as anonymous (the split the bench mode
+    reports: the bundles' mapped weight files are clean pages the kernel can drop)."""
+    import mmap
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\1" * (32 << 20))
+    rss0, file0 = record_memory._resident_mib()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[i] for i in range(0, len(m), 4096)) == len(m) // 4096  # touch every page
+        rss1, file1 = record_memory._resident_mib()
+    buffer = bytearray(b"\2" * (32 << 20))
+    rss2, file2 = record_memory._resident_mib()
+    assert file1 - file0 > 24 and (rss1 - file1) - (rss0 - file0) < 8  # the mapped file: file-backed
+    assert (rss2 - file2) - (rss1 - file1) > 24 and len(buffer) == 32 << 20  # the buffer: anonymous
