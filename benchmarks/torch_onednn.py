@@ -7,9 +7,10 @@
 
 * memory: each setting in its own child process (what oneDNN caches is per process), resident memory after the
   warm-up questions, after every hundred questions and at the end;
-* latency: both settings in this process, the same model loaded twice, question i answered by "off" then "on"
-  for even i and the other way round for odd i, so that machine noise hits both alike; the speed-up of "off"
-  with a paired bootstrap 95% interval (``elma.bench.bootstrap.ratio_ci``) and how many answers differ.
+* latency: both settings in this process, the same model loaded twice, timed by ``elma-bench``'s own interleaved
+  schedule (``elma.bench.schedule.run_interleaved``: each question answered by both back to back, the order
+  alternating), so that machine noise hits both alike; the speed-up of "off" with a paired bootstrap 95% interval
+  (``elma.bench.bootstrap.ratio_ci``) and how many answers differ.
 
 Speed is measured here, never in unit tests; run it on a quiet machine.
 """
@@ -22,7 +23,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 
 SETTINGS = {"on": True, "off": False}
 
@@ -55,20 +55,6 @@ def memory_child(bundle: str, torch_model: str, data: str, limit: int, warmup: i
         out["rss_end_mib"] = round(_rss_mib(), 1)
         out["growth_mib"] = round(out["rss_end_mib"] - out["rss_after_warmup_mib"], 1)
     return out
-
-
-def time_pair(configs, examples):
-    """Per question latency (ms) of each configuration, in alternating order, and the answers of each."""
-    ms = {k: [] for k in configs}
-    answers = {k: [] for k in configs}
-    names = list(configs)
-    for i, ex in enumerate(examples):
-        for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            outcome = configs[name].answer(ex)
-            ms[name].append((time.perf_counter() - t0) * 1e3)
-            answers[name].append(outcome.prediction)
-    return ms, answers
 
 
 def main(argv=None) -> int:
@@ -105,14 +91,17 @@ def main(argv=None) -> int:
 
     from elma.bench.bootstrap import ratio_ci
     from elma.bench.configs import TorchEagerConfig
+    from elma.bench.schedule import run_interleaved, warm_up
     from elma.runtime.engine import Runtime
 
     examples = _examples(args.data, args.limit + args.warmup)
     with Runtime.open(args.bundle, policy="none") as rt:
-        configs = {f"onednn {s}": TorchEagerConfig(args.torch_model, rt, use_onednn=v) for s, v in SETTINGS.items()}
-        time_pair(configs, examples[:args.warmup])
-        ms, answers = time_pair(configs, examples[args.warmup:])
-    on, off = configs
+        configs = [TorchEagerConfig(args.torch_model, rt, use_onednn=v) for v in SETTINGS.values()]
+        warm_up(configs, examples, args.warmup)
+        schedule = run_interleaved(configs, examples[args.warmup:])
+    on, off = (f"onednn {s}" for s in SETTINGS)
+    ms = {name: [r.latency_ms for r in results] for name, results in zip((on, off), schedule.results[0])}
+    answers = {name: [r.prediction for r in results] for name, results in zip((on, off), schedule.results[0])}
     ci = ratio_ci(ms[on], ms[off], reference=on)
     differ = sum(a != b for a, b in zip(answers[on], answers[off]))
     result = {"bundle": args.bundle, "torch_model": args.torch_model, "data": args.data,

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/torch_onednn.py on a tiny model: each setting's memory in its own child, both settings
-timed in alternating order with the same answers, the ratio that of the means; a taken --out refused first."""
+timed by elma-bench's interleaved schedule with the same answers, the ratio that of the means; a taken --out
+refused first."""
 
 import json
 import sys
@@ -31,21 +32,3 @@ def test_memory_in_children_and_alternating_timing(tiny_bundles, tiny_squad, tmp
         torch_onednn.main(argv)
     assert err.value.code == 2 and out.read_text() == "mine"
 
-
-def test_order_alternates_between_questions():
-    calls = []
-
-    class Fake:
-        def __init__(self, name):
-            self.name = name
-
-        def answer(self, ex):
-            calls.append((self.name, ex))
-
-            class Outcome:
-                prediction = ex
-            return Outcome()
-
-    ms, answers = torch_onednn.time_pair({"a": Fake("a"), "b": Fake("b")}, ["q0", "q1"])
-    assert calls == [("a", "q0"), ("b", "q0"), ("b", "q1"), ("a", "q1")]
-    assert answers == {"a": ["q0", "q1"], "b": ["q0", "q1"]}
