@@ -174,9 +174,8 @@ class RssSampler:
 
     def __init__(self, period_s: float = SAMPLE_S):
         self.period_s = period_s
-        self.peak_mib = _rss_mib()
-        self.peak_anon_mib = 0.0  # highest anonymous (resident minus file-backed) memory seen
-        self.file_at_peak_mib = 0.0  # file-backed part of the resident memory at its peak
+        self.peak_mib, self.file_at_peak_mib = _resident_mib()  # the resident peak, and its file-backed part
+        self.peak_anon_mib = self.peak_mib - self.file_at_peak_mib  # highest anonymous memory seen
         self.stages: List[dict] = []
         self.timeline: List[tuple] = []  # (seconds, resident MiB, anonymous MiB) every TIMELINE_S
         self._t0 = time.perf_counter()

@@ -186,8 +186,8 @@ def onednn(torch, enabled: bool):
     Off, CPU linear layers run MKL's GEMM. On (PyTorch's default), oneDNN builds and caches a primitive (with its
     JIT kernel) per input shape, and the window length changes per question: measured on the PyTorch eager
     baseline of MiniLM-L6 (400 dev questions after 8 of warm-up; ``benchmarks/torch_onednn.py``,
-    ``benchmarks/results/torch-onednn.json``) resident memory grew 59 MiB with it on, still growing, against 11
-    MiB with it off, flat after the first hundred.
+    ``benchmarks/results/torch-onednn.json``) resident memory grew 54.9 MiB with it on, still growing, against
+    14.2 MiB with it off, flat after the first hundred; off was as fast (1.000x [0.963, 1.025]), same answers.
     """
     backends = torch.backends.mkldnn
     before = backends.enabled

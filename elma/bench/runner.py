@@ -161,8 +161,6 @@ def _torch_configs(cfg: BenchConfig, rt, flops: RuntimeFlops, notes: List[str], 
         stage("loading the PyTorch eager baseline")
         try:
             out.append(TorchEagerConfig(torch_model, rt, flops))
-            notes.append("PyTorch eager runs with oneDNN off (MKL GEMM): its per-shape primitive cache grows memory "
-                         "over a run (elma.bench.configs.onednn)")
         except ImportError as err:
             notes.append(f"PyTorch eager baseline skipped: {err}")
     else:
@@ -177,6 +175,9 @@ def _torch_configs(cfg: BenchConfig, rt, flops: RuntimeFlops, notes: List[str], 
     else:
         notes.append("no transformers AutoModelForQuestionAnswering baseline: pass --hf-qa CHECKPOINT (an ELMA model "
                      "is multi-exit, not an HF QA checkpoint)")
+    if out:
+        notes.append("the PyTorch eager baselines run with oneDNN off (MKL GEMM): its per-shape primitive cache grows "
+                     "memory over a run, at the same speed off (elma.bench.configs.onednn)")
     return out
 
 

@@ -121,6 +121,7 @@ def test_transformers_qa_baseline(full_run):
     assert len(rows) == 1 and rows[0]["latency_source"] == "measured"
     assert rows[0]["mean_exit_layer"] == 2 and len(rows[0]["exit_histogram"]) == 2  # the checkpoint's own depth
     assert 0 <= rows[0]["metrics"]["f1"] <= 100 and rows[0]["mean_gflops_per_question"] > 0
+    assert sum("oneDNN off" in n for n in full_run[2]["notes"]) == 1  # the eager rows say how they ran, once
 
 
 def test_sweep_front_is_non_dominated(full_run):
