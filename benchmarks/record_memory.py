@@ -12,8 +12,9 @@ Two measurements, each mode in its own child process so that its peak (``ru_maxr
 
 * ``bench``: a whole ``elma-bench`` run (the arguments after ``--``) at each ``--limits`` N, so that what grows
   with the questions shows apart from what is fixed. A thread samples the resident memory (``/proc/self/statm``,
-  every 10 ms), and its anonymous part (resident minus file-backed: see ``_resident_mib``), and every stage
-  ``elma-bench`` logs is stamped with the memory then: what each stage adds.
+  every 10 ms), and its anonymous part (resident minus file-backed: see ``_resident_mib``), every 2 s the
+  proportional set size (``_pss_mib``: a page mapped twice counts once), and every stage ``elma-bench`` logs is
+  stamped with the memory then: what each stage adds.
 
       python benchmarks/record_memory.py bench --limits 100 300 1000 --out benchmarks/results/bench-memory.json \\
           -- B32 --data dev.json --policy SPEC --compare B8 --torch-model MODEL --sweep
@@ -49,7 +50,7 @@ from typing import List, Optional
 
 MODES = ("batched", "streamed")
 SAMPLE_S = 0.01  # resident memory sampling period of the bench mode
-TIMELINE_S = 2.0  # period of the (seconds, resident MiB, anonymous MiB) timeline the bench mode keeps
+TIMELINE_S = 2.0  # period of the (seconds, resident, anonymous, proportional MiB) timeline the bench mode keeps
 
 
 def _peak_mib() -> float:
@@ -74,6 +75,24 @@ def _resident_mib() -> tuple:
         fields = f.read().split()
     page = os.sysconf("SC_PAGE_SIZE") / 2**20
     return int(fields[1]) * page, int(fields[2]) * page
+
+
+def _pss_mib() -> Optional[float]:
+    """Proportional set size of this process now, MiB (``/proc/self/smaps_rollup``, Linux 4.14+; None without it).
+
+    Resident memory counts a page once per mapping: ONNX Runtime maps a bundle's ``weights.bin`` for the per-layer
+    sessions and again for the fused graph, so its pages count twice there. The proportional figure counts each
+    physical page once, shared with other processes mapping it in proportion: the memory this process costs.
+    Reading it walks every mapping (milliseconds), so the bench mode samples it every ``TIMELINE_S`` only.
+    """
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 # ---- record: batched against streamed --------------------------------------------------------------------------
@@ -176,8 +195,9 @@ class RssSampler:
         self.period_s = period_s
         self.peak_mib, self.file_at_peak_mib = _resident_mib()  # the resident peak, and its file-backed part
         self.peak_anon_mib = self.peak_mib - self.file_at_peak_mib  # highest anonymous memory seen
+        self.peak_pss_mib = _pss_mib()  # highest proportional set size sampled (None where the kernel has none)
         self.stages: List[dict] = []
-        self.timeline: List[tuple] = []  # (seconds, resident MiB, anonymous MiB) every TIMELINE_S
+        self.timeline: List[tuple] = []  # (seconds, resident, anonymous, proportional MiB) every TIMELINE_S
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -188,7 +208,8 @@ class RssSampler:
             now, anon = self._sample()
             t = time.perf_counter() - self._t0
             if t >= next_s:
-                self.timeline.append((round(t, 1), round(now, 1), round(anon, 1)))
+                pss = self._sample_pss()
+                self.timeline.append((round(t, 1), round(now, 1), round(anon, 1), pss and round(pss, 1)))
                 next_s = t + TIMELINE_S
 
     def _sample(self) -> tuple:
@@ -199,11 +220,18 @@ class RssSampler:
         self.peak_anon_mib = max(self.peak_anon_mib, now - file_backed)
         return now, now - file_backed
 
+    def _sample_pss(self) -> Optional[float]:
+        pss = _pss_mib()
+        if pss is not None:
+            self.peak_pss_mib = max(self.peak_pss_mib or 0.0, pss)
+        return pss
+
     def mark(self, name: str) -> None:
         """A stage begins: the memory now and the highest so far (the previous stages' peak)."""
         now, anon = self._sample()
+        pss = self._sample_pss()
         self.stages.append({"stage": name, "at_s": round(time.perf_counter() - self._t0, 2),
-                            "rss_mib": round(now, 1), "anon_mib": round(anon, 1),
+                            "rss_mib": round(now, 1), "anon_mib": round(anon, 1), "pss_mib": pss and round(pss, 1),
                             "peak_so_far_mib": round(self.peak_mib, 1)})
 
     def __enter__(self) -> "RssSampler":
@@ -242,6 +270,7 @@ def bench_child(bench_args: List[str]) -> dict:
             "peak_rss_mib": round(_peak_mib(), 1), "sampled_peak_rss_mib": round(sampler.peak_mib, 1),
             "file_backed_at_sampled_peak_mib": round(sampler.file_at_peak_mib, 1),
             "sampled_peak_anon_mib": round(sampler.peak_anon_mib, 1),
+            "sampled_peak_pss_mib": sampler.peak_pss_mib and round(sampler.peak_pss_mib, 1),
             "questions": report.get("questions"), "windows": report.get("windows"),
             "sweep_record_bytes": report.get("sweep_record_bytes"), "report_peak_rss_mb": report.get("peak_rss_end_mb"),
             "stages": sampler.stages, "timeline": sampler.timeline}
@@ -262,9 +291,10 @@ def bench_main_(args) -> int:
         run = json.loads(proc.stdout.strip().splitlines()[-1])
         run["command"] = "elma-bench " + " ".join(argv)
         runs.append(run)
+        pss = run["sampled_peak_pss_mib"]
         print(f"limit {n or 'all'}: peak {run['peak_rss_mib']:.0f} MiB resident ({run['file_backed_at_sampled_peak_mib']:.0f} "
-              f"of it file-backed), anonymous peak {run['sampled_peak_anon_mib']:.0f} MiB, {run['seconds']:.0f} s",
-              file=sys.stderr)
+              f"of it file-backed), anonymous peak {run['sampled_peak_anon_mib']:.0f} MiB, proportional peak "
+              f"{'n/a' if pss is None else f'{pss:.0f} MiB'}, {run['seconds']:.0f} s", file=sys.stderr)
     _emit({"machine": platform.platform(), "python": platform.python_version(), "runs": runs}, args.out)
     return 0
 

@@ -41,7 +41,10 @@ def test_bench_mode_runs_elma_bench_per_limit_and_stamps_its_stages(tiny_bundles
         assert r["peak_rss_mib"] >= r["sampled_peak_rss_mib"] * 0.9 > 0 and r["sweep_record_bytes"] > 0 and r["timeline"]
         assert 0 < r["sampled_peak_anon_mib"] <= r["sampled_peak_rss_mib"]  # resident = anonymous + file-backed
         assert 0 < r["file_backed_at_sampled_peak_mib"] < r["sampled_peak_rss_mib"]
-        assert all(0 < anon <= rss for _, rss, anon in r["timeline"])
+        assert all(0 < anon <= rss for _, rss, anon, _ in r["timeline"])
+        if r["sampled_peak_pss_mib"] is not None:  # a kernel with smaps_rollup
+            assert r["sampled_peak_anon_mib"] * 0.9 < r["sampled_peak_pss_mib"] <= r["sampled_peak_rss_mib"] * 1.05
+            assert all(s["pss_mib"] > 0 for s in r["stages"])
         stages = [s["stage"] for s in r["stages"]]
         assert stages[0] == "start" and stages[-1] == "end"
         assert any(s.startswith("recording every exit") for s in stages), stages
@@ -81,3 +84,21 @@ def test_resident_memory_splits_into_file_backed_and_anonymous(tmp_path):
     rss2, file2 = record_memory._resident_mib()
     assert file1 - file0 > 24 and (rss1 - file1) - (rss0 - file0) < 8  # the mapped file: file-backed
     assert (rss2 - file2) - (rss1 - file1) > 24 and len(buffer) == 32 << 20  # the buffer: anonymous
+
+
+@pytest.mark.skipif(record_memory._pss_mib() is None, reason="this kernel has no /proc/self/smaps_rollup")
+def test_proportional_memory_counts_a_file_mapped_twice_once(tmp_path):
+    """Resident memory counts a page once per mapping (ONNX Runtime maps a bundle's weights for the per-layer
+    sessions and again for the fused graph); the proportional set size counts it once."""
+    import mmap
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\1" * (32 << 20))
+    rss0, pss0 = record_memory._rss_mib(), record_memory._pss_mib()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as a, \
+            mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as b:
+        for m in (a, b):
+            assert sum(m[i] for i in range(0, len(m), 4096)) == len(m) // 4096  # touch every page
+        rss1, pss1 = record_memory._rss_mib(), record_memory._pss_mib()
+    assert rss1 - rss0 > 56  # both mappings: 64 MiB resident
+    assert 24 < pss1 - pss0 < 40  # one file of 32 MiB
