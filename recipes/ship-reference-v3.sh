@@ -65,7 +65,8 @@ if todo "$R/bench-v3-dev$BENCH_LIMIT" "elma-bench, interleaved, $BENCH_LIMIT dev
         --report-dir "$R/bench-v3-dev$BENCH_LIMIT"
 fi
 # 5. Peak memory of a whole elma-bench run with baselines and sweep on the full dev half (the early-exit issue's
-#    1 GB bound; about 45 minutes alone on 2 cores). Skipped unless ELMA_MEMORY_RUN=1.
+#    1 GB bound; about 45 minutes alone on 2 cores, 88 beside training). Skipped unless ELMA_MEMORY_RUN=1: session 7
+#    measured it on phase 1's bundles (same architecture; benchmarks/results/bench-memory-v3p1-dev-full.json).
 if [ "${ELMA_MEMORY_RUN:-0}" = 1 ] && todo "$R/bench-memory-v3-dev-full.json" "peak memory, full dev half"; then
     python benchmarks/record_memory.py bench --limits 6078 --out "$R/bench-memory-v3-dev-full.json" -- "$W/B32" \
         --data "$DEV" --compare "$W/B8" --torch-model $SHIPPED --sweep
