@@ -95,6 +95,10 @@ def _pss_mib() -> Optional[float]:
     return None
 
 
+def _round(mib: Optional[float]) -> Optional[float]:
+    return None if mib is None else round(mib, 1)
+
+
 # ---- record: batched against streamed --------------------------------------------------------------------------
 
 
@@ -209,7 +213,7 @@ class RssSampler:
             t = time.perf_counter() - self._t0
             if t >= next_s:
                 pss = self._sample_pss()
-                self.timeline.append((round(t, 1), round(now, 1), round(anon, 1), pss and round(pss, 1)))
+                self.timeline.append((round(t, 1), round(now, 1), round(anon, 1), _round(pss)))
                 next_s = t + TIMELINE_S
 
     def _sample(self) -> tuple:
@@ -231,7 +235,7 @@ class RssSampler:
         now, anon = self._sample()
         pss = self._sample_pss()
         self.stages.append({"stage": name, "at_s": round(time.perf_counter() - self._t0, 2),
-                            "rss_mib": round(now, 1), "anon_mib": round(anon, 1), "pss_mib": pss and round(pss, 1),
+                            "rss_mib": round(now, 1), "anon_mib": round(anon, 1), "pss_mib": _round(pss),
                             "peak_so_far_mib": round(self.peak_mib, 1)})
 
     def __enter__(self) -> "RssSampler":
@@ -270,7 +274,7 @@ def bench_child(bench_args: List[str]) -> dict:
             "peak_rss_mib": round(_peak_mib(), 1), "sampled_peak_rss_mib": round(sampler.peak_mib, 1),
             "file_backed_at_sampled_peak_mib": round(sampler.file_at_peak_mib, 1),
             "sampled_peak_anon_mib": round(sampler.peak_anon_mib, 1),
-            "sampled_peak_pss_mib": sampler.peak_pss_mib and round(sampler.peak_pss_mib, 1),
+            "sampled_peak_pss_mib": _round(sampler.peak_pss_mib),
             "questions": report.get("questions"), "windows": report.get("windows"),
             "sweep_record_bytes": report.get("sweep_record_bytes"), "report_peak_rss_mb": report.get("peak_rss_end_mb"),
             "stages": sampler.stages, "timeline": sampler.timeline}
