@@ -10,7 +10,8 @@ official F1 and its change against full depth, mean and median latency and the s
     python benchmarks/skim_tokens.py BUNDLE --data dev.json --policy none+skim:2,0.001 \\
         --policy entropy:2.4,2.9+skim:2,0.001 [--limit 500] [--min-tokens 300]
 
-``--min-tokens`` keeps the questions whose first window holds at least that many tokens (long contexts,
+``--write-subset FILE`` writes the questions selected by ``--min-tokens`` / ``--max-tokens`` / ``--limit`` as a SQuAD
+file and times nothing. ``--min-tokens`` keeps the questions whose first window holds at least that many tokens (long contexts,
 where skimming should pay); ``--max-tokens`` the ones with fewer (short contexts, where it should not). Where a
 spec loses F1, ``questions_worse`` counts the questions it answers worse than full depth, with their mean F1 drop
 (``mean_f1_drop_where_worse``): the answers skimmed away or exited from too early. Timings need a quiet machine;
@@ -47,7 +48,11 @@ def parse_args(argv):
     p.add_argument("--max-tokens", type=int, help="only questions whose first window has fewer tokens than this")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--no-fused", action="store_true", help="leave out the fused graph")
+    p.add_argument("--write-subset", metavar="FILE", help="write the selected questions as a SQuAD file (e.g. for "
+                   "elma-bench) and stop, timing nothing; an existing FILE is refused")
     args = p.parse_args(argv)
+    if args.write_subset and Path(args.write_subset).exists():
+        p.error(f"{args.write_subset}: already there")
     if args.max_tokens is not None and args.max_tokens <= args.min_tokens:
         p.error(f"--max-tokens {args.max_tokens} must be above --min-tokens {args.min_tokens}")
     for spec in args.policy:
@@ -73,6 +78,10 @@ def main(argv=None) -> int:
         examples = examples[: args.limit]
         if not examples:
             p.error(f"no question in {args.data} has a first window of {args.min_tokens} to {args.max_tokens} tokens")
+        if args.write_subset:
+            write_subset(Path(args.data), {e.qid for e in examples}, Path(args.write_subset))
+            print(f"wrote {len(examples)} questions to {args.write_subset}")
+            return 0
         out = measure(rt, examples, policies, args.warmup, fused=not args.no_fused)
     finally:
         rt.close()
@@ -80,6 +89,19 @@ def main(argv=None) -> int:
            "min_tokens": args.min_tokens, "max_tokens": args.max_tokens, **out}
     print(json.dumps(out, indent=2))
     return 0
+
+
+def write_subset(data: Path, qids: set, target: Path) -> None:
+    """The questions ``qids`` of the SQuAD file ``data``, articles and paragraphs as they were, written atomically."""
+    from elma.fsutil import write_json
+
+    payload = json.loads(data.read_text(encoding="utf-8"))
+    for article in payload["data"]:
+        for para in article["paragraphs"]:
+            para["qas"] = [q for q in para["qas"] if q["id"] in qids]
+        article["paragraphs"] = [para for para in article["paragraphs"] if para["qas"]]
+    payload["data"] = [a for a in payload["data"] if a["paragraphs"]]
+    write_json(target, payload, overwrite=False)
 
 
 def measure(rt, examples, policies, warmup: int, fused: bool) -> dict:

@@ -1,5 +1,5 @@
-"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, snapshot, demo, export, build-engines, calibrate, power, sync,
-finetune, keys, publish, update.
+"""The ``elma`` command: train, prepare-data, predict, evaluate, convert, snapshot, fit-null, demo, export,
+build-engines, calibrate, power, sync, finetune, keys, publish, update.
 
 Library code logs and returns; only this module prints. Every error ends as one
 line on stderr, never a traceback, with the exit codes of the other console
@@ -461,10 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
     sub.required = True  # add_subparsers(required=) is 3.7+
-    from elma.cli_train import add_convert, add_prepare, add_snapshot, add_train  # the training side
+    from elma.cli_train import add_convert, add_fit_null, add_prepare, add_snapshot, add_train  # the training side
 
-    for add in (add_train, add_prepare, _add_predict, _add_evaluate, add_convert, add_snapshot, _add_demo, _add_export,
-                _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
+    for add in (add_train, add_prepare, _add_predict, _add_evaluate, add_convert, add_snapshot, add_fit_null, _add_demo,
+                _add_export, _add_build_engines, _add_calibrate, _add_power, _add_sync, _add_finetune, _add_doctor):
         add(sub)
     from elma.update.cli import add_keys, add_publish, add_update  # signed model updates (docs/updates.md)
 

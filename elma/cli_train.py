@@ -1,4 +1,4 @@
-"""The training side of the ``elma`` command: train, prepare-data, convert, snapshot.
+"""The training side of the ``elma`` command: train, prepare-data, convert, snapshot, fit-null.
 
 Parsers and handlers only, registered by ``elma.cli`` (its docstring has the error and exit-code rules); torch
 and the training code are imported inside the handlers, so that building the parser stays cheap on a device.
@@ -167,4 +167,29 @@ def cmd_snapshot(args) -> int:
     summary = save_snapshot(Path(args.checkpoint), Path(args.output), overwrite=args.overwrite)
     print(f"wrote {args.output} (step {summary['step']}, {summary['tensors']} tensors, "
           f"{summary['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
+def add_fit_null(sub) -> None:
+    p = sub.add_parser("fit-null", help="refit a model folder's per-exit no-answer (null-score) thresholds on a "
+                       "labelled file of held-out questions, e.g. real unanswerable ones; weights unchanged")
+    p.add_argument("model", help="ELMA model folder (its config.json is rewritten)")
+    p.add_argument("--data", required=True, help="SQuAD 2.0 file with answerable and unanswerable questions "
+                   "(held-out articles; never the file you report on)")
+    add_overwrite(p, "a calibrated default policy the folder holds (it is dropped: run `elma calibrate` again)")
+    p.set_defaults(func=cmd_fit_null)
+
+
+def cmd_fit_null(args) -> int:
+    from elma.train.null_fit import refit_null_thresholds
+
+    if not Path(args.data).is_file():
+        raise UsageError(f"{args.data}: no such file")
+    old, new, rows = refit_null_thresholds(Path(args.model), Path(args.data), overwrite=args.overwrite)
+    print(f"{args.model}: null thresholds refitted on {args.data} ({rows[0]['total']} questions)")
+    print("| exit | old threshold | new threshold | F1 | HasAns F1 | NoAns F1 |")
+    print("|---|---|---|---|---|---|")
+    for o, n, r in zip(old, new, rows):
+        print(f"| {r['exit_layer']} | {o:.3f} | {n:.3f} | {r['f1']:.2f} | {r.get('HasAns_f1', float('nan')):.2f} | "
+              f"{r.get('NoAns_f1', float('nan')):.2f} |")
     return 0

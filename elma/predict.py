@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -117,12 +117,23 @@ def gold_map(examples: Sequence[Example]) -> Dict[str, List[str]]:
 def calibrate_null_thresholds(results: Sequence[ExitResult], examples: Sequence[Example]) -> List[float]:
     """Each exit's threshold on null_score_diff that maximises F1 (the official best_f1 search)."""
     gold = gold_map(examples)
+    abstain_f1 = 100.0 * sum(1 for ex in examples if not ex.answer_texts) / max(1, len(examples))
     thresholds = []
     for res in results:
         diffs = {qid: _finite(d) for qid, d in res.null_score_diffs(examples).items()}
         scores = squad_v2_scores(gold, res.spans(examples), na_probs=diffs)
-        thresholds.append(float(scores["best_f1_thresh"]))
+        t = float(scores["best_f1_thresh"])
+        if diffs and scores["best_f1"] <= abstain_f1:
+            # The official search reports threshold 0.0 when answering nothing is best; 0.0 would answer every
+            # question whose difference is below it, so take one below every difference: "no answer" everywhere.
+            t = min(diffs.values()) - 1.0
+        thresholds.append(t)
     return thresholds
+
+
+def rethreshold(answer: SpanAnswer, threshold: float) -> SpanAnswer:
+    """The same answer with its no-answer verdict taken again at ``threshold`` (no span at all stays no-answer)."""
+    return replace(answer, no_answer=answer.window < 0 or answer.null_score_diff > threshold)
 
 
 def _finite(x: float) -> float:

@@ -430,14 +430,14 @@ def _quiet(*args, **kwargs) -> None:
 def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path) -> List[dict]:
     """Calibrate each exit's null threshold on the held-out file, store it, and score every exit."""
     from elma.data.squad import load_squad
-    from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits
+    from elma.predict import calibrate_null_thresholds, predict_all_exits, rethreshold, score_exits
 
     examples = load_squad(Path(config.eval_file))
     results = predict_all_exits(model, tokenizer, examples, batch_size=config.eval_batch_size)
     thresholds = calibrate_null_thresholds(results, examples)
     for res, t in zip(results, thresholds):
         res.null_threshold = t
-        res.answers = [_rethreshold(a, t) for a in res.answers]
+        res.answers = [rethreshold(a, t) for a in res.answers]
     model.exit_config = replace(model.exit_config, null_thresholds=tuple(thresholds))
     model.save_pretrained(out)
     rows = score_exits(results, examples)
@@ -446,10 +446,6 @@ def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, o
         logger.info("exit %d: EM %.2f F1 %.2f HasAns F1 %s NoAns F1 %s (null threshold %.3f)", r["exit_layer"],
                     r["exact"], r["f1"], r.get("HasAns_f1"), r.get("NoAns_f1"), r["null_threshold"])
     return rows
-
-
-def _rethreshold(answer, threshold: float):
-    return replace(answer, no_answer=answer.window < 0 or answer.null_score_diff > threshold)
 
 
 def _mean(xs: List[float]) -> float:

@@ -65,3 +65,21 @@ def test_max_tokens_must_be_above_min_tokens(tiny_bundles, tiny_squad, capsys):
         skim_tokens.main([str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", "none",
                           "--min-tokens", "50", "--max-tokens", "50"])
     assert err.value.code == 2 and "must be above" in capsys.readouterr().err
+
+
+def test_write_subset_keeps_the_selected_questions_as_a_squad_file(tiny_bundles, tiny_squad, tmp_path, capsys):
+    """The 16 long questions of the tiny file, written for elma-bench, and nothing timed; an existing file refused."""
+    from elma.data.squad import load_squad
+
+    target = tmp_path / "long.json"
+    argv = [str(tiny_bundles.bundle("bert")), "--data", str(tiny_squad), "--policy", "none", "--min-tokens", "30",
+            "--write-subset", str(target)]
+    assert skim_tokens.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"wrote 16 questions to {target}"
+    kept = load_squad(target)
+    assert len(kept) == 16 and {e.qid for e in kept} < {e.qid for e in load_squad(tiny_squad)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", tiny_squad.name], "no temporary file left"
+    before = target.read_bytes()
+    with pytest.raises(SystemExit) as err:
+        skim_tokens.main(argv)
+    assert err.value.code == 2 and "already there" in capsys.readouterr().err and target.read_bytes() == before
