@@ -123,7 +123,7 @@ def calibrate_null_thresholds(results: Sequence[ExitResult], examples: Sequence[
         diffs = {qid: _finite(d) for qid, d in res.null_score_diffs(examples).items()}
         scores = squad_v2_scores(gold, res.spans(examples), na_probs=diffs)
         t = float(scores["best_f1_thresh"])
-        if diffs and scores["best_f1"] <= abstain_f1:
+        if diffs and scores["best_f1"] <= abstain_f1 + 1e-9:
             # The official search reports threshold 0.0 when answering nothing is best; 0.0 would answer every
             # question whose difference is below it, so take one below every difference: "no answer" everywhere.
             t = min(diffs.values()) - 1.0

@@ -1,10 +1,11 @@
 """Refit a model folder's per-exit null-score thresholds on a labelled file (``elma fit-null``).
 
 The trainer fits them on its ``--eval-file``. When that file's unanswerable questions are mostly synthetic twins,
-the thresholds suit the twins and let real, adversarial unanswerable questions through
-(``benchmarks/null_threshold_transfer.py`` measures it); refitting on real questions of held-out articles mends
-it without touching the weights. A calibrated default policy was certified with the old thresholds (its F1 risk
-depends on them), so refitting drops it, and only when the user says so.
+the thresholds may suit the twins and let real, adversarial unanswerable questions through; refitting on real
+questions of held-out articles is the remedy to try, weights untouched. Measure first whether it carries over to
+unseen questions (``benchmarks/null_threshold_transfer.py``: for v3 it did not). A calibrated default policy was
+certified with the old thresholds (its F1 risk depends on them), so refitting drops it, and only when the user
+says so.
 """
 
 import json
