@@ -27,25 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _scores(results, examples, thresholds: Sequence[float]) -> List[dict]:
-    from elma.metrics.answerability import null_auc
-    from elma.metrics.squad_v2 import squad_v2_scores
-    from elma.predict import gold_map
+    from elma.predict import score_exits, with_null_thresholds
 
-    gold = gold_map(examples)
-    rows = []
-    for res, t in zip(results, thresholds):
-        diffs = res.null_score_diffs(examples)
-        spans = res.spans(examples)
-        preds = {q: ("" if diffs[q] > t else s) for q, s in spans.items()}
-        s = squad_v2_scores(gold, preds)
-        rows.append({"exit": res.exit_layer, "threshold": float(t), "f1": s["f1"], "HasAns_f1": s.get("HasAns_f1"),
-                     "NoAns_f1": s.get("NoAns_f1"), "null_auc": null_auc(diffs, gold), "n": len(examples)})
-    return rows
-
-
-def _fit(results, examples) -> List[float]:
-    from elma.predict import calibrate_null_thresholds
-    return calibrate_null_thresholds(results, examples)
+    return [{"exit": r["exit_layer"], "threshold": r["null_threshold"], "f1": r["f1"], "HasAns_f1": r.get("HasAns_f1"),
+             "NoAns_f1": r.get("NoAns_f1"), "null_auc": r["null_auc"], "n": len(examples)}
+            for r in score_exits(with_null_thresholds(results, thresholds), examples)]
 
 
 def main(argv=None) -> int:
@@ -59,7 +45,7 @@ def main(argv=None) -> int:
 
     from elma.data.squad import load_squad
     from elma.model.loading import load_model
-    from elma.predict import predict_all_exits
+    from elma.predict import calibrate_null_thresholds, predict_all_exits
 
     model, tok = load_model(args.model)
     examples = [ex for ex in load_squad(Path(args.real))
@@ -86,7 +72,7 @@ def main(argv=None) -> int:
     halves = [take([i for i, f in enumerate(fold) if f == k]) for k in (0, 1)]
     cross = []
     for k in (0, 1):
-        fitted = _fit(*halves[1 - k])
+        fitted = calibrate_null_thresholds(*halves[1 - k])
         cross.append(_scores(*halves[k], fitted))
     n = [len(h[1]) for h in halves]
     cross_rows = []
@@ -99,7 +85,7 @@ def main(argv=None) -> int:
               "questions": len(examples),
               "unanswerable": sum(1 for ex in examples if not ex.answer_texts),
               "stored": _scores(results, examples, stored), "cross_fitted": cross_rows,
-              "in_sample": _scores(results, examples, _fit(results, examples))}
+              "in_sample": _scores(results, examples, calibrate_null_thresholds(results, examples))}
     print(f"{args.model} on {args.real}: {report['questions']} questions, {report['unanswerable']} unanswerable")
     print("| exit | null AUC | F1 stored (NoAns) | F1 cross-fitted (NoAns) | F1 in-sample | stored / in-sample threshold |")
     print("|---|---|---|---|---|---|")

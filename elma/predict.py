@@ -131,9 +131,10 @@ def calibrate_null_thresholds(results: Sequence[ExitResult], examples: Sequence[
     return thresholds
 
 
-def rethreshold(answer: SpanAnswer, threshold: float) -> SpanAnswer:
-    """The same answer with its no-answer verdict taken again at ``threshold`` (no span at all stays no-answer)."""
-    return replace(answer, no_answer=answer.window < 0 or answer.null_score_diff > threshold)
+def with_null_thresholds(results: Sequence[ExitResult], thresholds: Sequence[float]) -> List[ExitResult]:
+    """The same exits with each verdict taken again at its exit's threshold (no span at all stays no-answer)."""
+    return [ExitResult(res.exit_layer, [replace(a, no_answer=a.window < 0 or a.null_score_diff > t) for a in res.answers],
+                       float(t)) for res, t in zip(results, thresholds)]
 
 
 def _finite(x: float) -> float:

@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -114,13 +114,10 @@ def original_sample(train_files: Sequence[str], count: int, seed: int) -> List[D
 
 def score_model(model, tokenizer, heldout) -> List[Dict[str, Any]]:
     """Every exit's official scores on ``heldout``, each exit's null threshold calibrated on it first."""
-    from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits
+    from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits, with_null_thresholds
 
     results = predict_all_exits(model, tokenizer, heldout)
-    for res, t in zip(results, calibrate_null_thresholds(results, heldout)):
-        res.null_threshold = t
-        res.answers = [replace(a, no_answer=a.window < 0 or a.null_score_diff > t) for a in res.answers]
-    return score_exits(results, heldout)
+    return score_exits(with_null_thresholds(results, calibrate_null_thresholds(results, heldout)), heldout)
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:

@@ -29,7 +29,7 @@ def refit_null_thresholds(model_dir, data, overwrite: bool = False) -> Tuple[Lis
     from elma.data.squad import load_squad
     from elma.fsutil import atomic_write
     from elma.model.loading import load_model
-    from elma.predict import calibrate_null_thresholds, predict_all_exits, rethreshold, score_exits
+    from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits, with_null_thresholds
     from elma.runtime.model_config import CONFIG_NAME, read_model_config
 
     folder = Path(model_dir)
@@ -48,13 +48,10 @@ def refit_null_thresholds(model_dir, data, overwrite: bool = False) -> Tuple[Lis
     old = [float(t) for t in (model.exit_config.null_thresholds or (0.0,) * model.num_exits)]
     results = predict_all_exits(model, tokenizer, examples)
     new = calibrate_null_thresholds(results, examples)
-    for res, t in zip(results, new):
-        res.null_threshold = t
-        res.answers = [rethreshold(a, t) for a in res.answers]
     elma["null_thresholds"] = new
     elma.pop("default_policy", None)
     elma.pop("calibration", None)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # as MultiExitQA.save_pretrained writes it
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return old, new, score_exits(results, examples)
+    return old, new, score_exits(with_null_thresholds(results, new), examples)
 

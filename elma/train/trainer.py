@@ -430,14 +430,12 @@ def _quiet(*args, **kwargs) -> None:
 def evaluate_and_calibrate(model: MultiExitQA, tokenizer, config: TrainConfig, out: Path) -> List[dict]:
     """Calibrate each exit's null threshold on the held-out file, store it, and score every exit."""
     from elma.data.squad import load_squad
-    from elma.predict import calibrate_null_thresholds, predict_all_exits, rethreshold, score_exits
+    from elma.predict import calibrate_null_thresholds, predict_all_exits, score_exits, with_null_thresholds
 
     examples = load_squad(Path(config.eval_file))
     results = predict_all_exits(model, tokenizer, examples, batch_size=config.eval_batch_size)
     thresholds = calibrate_null_thresholds(results, examples)
-    for res, t in zip(results, thresholds):
-        res.null_threshold = t
-        res.answers = [rethreshold(a, t) for a in res.answers]
+    results = with_null_thresholds(results, thresholds)
     model.exit_config = replace(model.exit_config, null_thresholds=tuple(thresholds))
     model.save_pretrained(out)
     rows = score_exits(results, examples)
