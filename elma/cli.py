@@ -259,9 +259,13 @@ def _add_calibrate(sub) -> None:
     p.add_argument("bundle", help="bundle folder written by `elma export`")
     p.add_argument("--data", required=True, help="calibration SQuAD JSON (from training material, never the dev set); "
                                                  "answers may be left out with --risk consistency")
-    p.add_argument("--risk", choices=["f1", "consistency"], default="f1",
-                   help="f1: mean F1 drop against full depth (labelled questions); consistency: mean disagreement "
-                        "(100 - F1) with the full-depth answer, no labels needed (default: f1)")
+    p.add_argument("--risk", choices=["f1", "f1-mean", "consistency"], default="f1",
+                   help="f1: mean F1 drop against full depth, no credit where an early answer is better (labelled "
+                        "questions); f1-mean: full-depth F1 minus early F1, gains counted (labelled); consistency: "
+                        "mean disagreement (100 - F1) with the full-depth answer, no labels needed (default: f1)")
+    p.add_argument("--bound", choices=["hb", "wsr"],
+                   help="the p-value: hb (Hoeffding-Bentkus, from the mean) or wsr (betting, adapts to the losses' "
+                        "spread) (default: wsr for f1-mean, hb otherwise)")
     p.add_argument("--delta", type=float, metavar="D",
                    help="risk level in F1 points (0-100): certified mean loss <= D with probability >= 1 - epsilon")
     p.add_argument("--epsilon", type=float, default=0.1, metavar="E",
@@ -295,7 +299,13 @@ def _add_calibrate(sub) -> None:
 def cmd_calibrate(args) -> int:
     from elma.data.squad import load_squad
     from elma.runtime.calibrate import skim_grid
-    from elma.runtime.certify import calibrate, check_calibration_target, check_model_target, write_calibration
+    from elma.runtime.certify import (
+        BOUND_NAMES,
+        calibrate,
+        check_calibration_target,
+        check_model_target,
+        write_calibration,
+    )
     from elma.runtime.engine import Runtime, is_bundle
 
     if args.max_f1_drop is not None:
@@ -326,7 +336,7 @@ def cmd_calibrate(args) -> int:
         with Runtime.open(args.bundle, backend=args.backend, policy="none") as rt:
             skims = skim_grid(skim_layers, skim_thresholds, rt.num_layers)
             report = calibrate(rt, examples, args.risk, args.delta, args.epsilon, policies, args.default,
-                               args.check_fraction, args.learn_fraction, args.seed, skims, on_pass)
+                               args.check_fraction, args.learn_fraction, args.seed, skims, on_pass, args.bound)
     except ValueError as err:
         raise UsageError(str(err)) from err
     if not args.dry_run:
@@ -334,7 +344,8 @@ def cmd_calibrate(args) -> int:
                           Path(args.model_dir) if args.model_dir else None)
     full = "" if report.full_depth_f1 is None else f"full-depth F1 {report.full_depth_f1:.2f}, "
     print(f"risk {report.risk} <= {report.delta_points:g} points with probability >= {1 - report.epsilon:g} "
-          f"({report.epsilon_per_policy:.3g} per policy); {report.questions} questions by {report.split_unit}: "
+          f"({report.epsilon_per_policy:.3g} per policy, {BOUND_NAMES[report.bound]} p-values); "
+          f"{report.questions} questions by {report.split_unit}: "
           f"{report.learn_questions} learn, {report.n} test, {report.check_questions} check; {full}"
           f"{report.num_layers} layers ({report.recording_passes} recording pass(es) in {report.record_s:.1f} s, "
           f"{report.grid_points} settings tested in {report.search_s:.1f} s)")

@@ -2,12 +2,20 @@
 
 The guarantee (Learn then Test, as CALM uses it; the p-value maths is in ``elma.runtime.risk``): with
 probability at least 1 - epsilon over the draw of the calibration questions, the mean loss of the stored
-setting on new questions drawn like them is at most delta. Two losses, per question, both in [0, 1]:
+setting on new questions drawn like them is at most delta. Three losses, per question, the first two in [0, 1]:
 
 * ``f1``: max(0, F1_full - F1_early), the answer's F1 drop against full depth (labelled questions). Its mean
   bounds the mean F1 drop from above, so certifying it certifies the F1 drop in points (delta / 100).
 * ``consistency``: 1 - F1(early answer, full-depth answer), a no-answer verdict counting as the empty answer
   (both empty: agreement). No labels needed: questions from the field can calibrate a bundle.
+* ``f1-mean``: F1_full - F1_early, signed (in [-1, 1]; an early answer better than the full-depth one counts
+  as a gain). Its mean is the difference of the mean F1s, exactly what "F1 within D points of full depth"
+  means, where ``f1`` bounds it from above by counting no gain. For the p-values it is mapped to [0, 1] as
+  (loss + 1) / 2, delta with it; the spread of that loss is small around a mean near 1/2, which the
+  Hoeffding-Bentkus bound cannot see, so this risk is tested by betting (WSR) unless ``--bound hb`` is given.
+
+The p-value (``--bound``): Hoeffding-Bentkus (``hb``, CALM's; the default for ``f1`` and ``consistency``) from
+the mean alone, or by betting (``wsr``) on the losses in a seeded random order (``elma.runtime.risk``).
 
 The calibration file is split by article (seeded): a *check* part set aside, on which the certified
 settings are only measured afterwards; of the rest, a *learn* part that builds each policy's grid and orders
@@ -49,15 +57,40 @@ from elma.runtime.calibrate import (
     subset,
 )
 from elma.runtime.policies import NoExitPolicy
-from elma.runtime.risk import fixed_sequence, hoeffding_bentkus_pvalue
+from elma.runtime.risk import fixed_sequence, hoeffding_bentkus_pvalue, wsr_pvalue
 
 logger = logging.getLogger(__name__)
 
-RISKS = ("f1", "consistency")
+RISKS = ("f1", "consistency", "f1-mean")
+SIGNED_RISKS = ("f1-mean",)  # per-question loss in [-1, 1]
+BOUNDS = ("hb", "wsr")  # Hoeffding-Bentkus, betting
+BOUND_NAMES = {"hb": "Hoeffding-Bentkus", "wsr": "betting (WSR)"}
 COSTS = ("layers", "token-layers")  # what a certified setting saves: mean exit layers, or tokens times layers
 DEFAULT_EPSILON = 0.1  # 1 - confidence of the guarantee
 DEFAULT_CHECK_FRACTION = 0.2  # of the questions, by article, measured on only
 DEFAULT_LEARN_FRACTION = 0.25  # of the remaining questions, by article, that build and order the grids
+
+
+def default_bound(risk: str) -> str:
+    """The p-value a risk is tested with unless ``--bound`` says otherwise."""
+    return "wsr" if risk in SIGNED_RISKS else "hb"
+
+
+def p_value(test_loss: np.ndarray, risk: str, delta: float, epsilon: float, bound: str) -> float:
+    """The p-value of "risk > delta" from one setting's test-part losses (in a seeded random order for ``wsr``).
+
+    Args:
+        test_loss: per-question losses, in [0, 1] (in [-1, 1] for a signed risk, mapped to [0, 1] here).
+        delta: the risk level on the loss scale (0-1).
+        epsilon: the level the p-value is compared with (sizes the bets of ``wsr``).
+    """
+    loss = np.asarray(test_loss, dtype=np.float64)
+    if risk in SIGNED_RISKS:
+        loss, delta = (loss + 1.0) / 2.0, (delta + 1.0) / 2.0
+    loss = np.clip(loss, 0.0, 1.0)  # float error only: the losses are F1 differences
+    if bound == "wsr":
+        return wsr_pvalue(loss, delta, epsilon)
+    return hoeffding_bentkus_pvalue(float(loss.mean()), int(loss.size), delta)
 
 
 @dataclass(frozen=True)
@@ -121,7 +154,8 @@ class SequenceResult:
 
 
 def certify_sequence(learn_risk: np.ndarray, learn_layers: np.ndarray, test_risk: np.ndarray, test_layers: np.ndarray,
-                     n_test: int, delta: float, epsilon: float) -> SequenceResult:
+                     n_test: int, delta: float, epsilon: float,
+                     p_values: Optional[np.ndarray] = None) -> SequenceResult:
     """Learn then Test over the settings of one policy.
 
     Args:
@@ -130,11 +164,16 @@ def certify_sequence(learn_risk: np.ndarray, learn_layers: np.ndarray, test_risk
         test_risk, test_layers: (S,) the same on the test part, of ``n_test`` questions.
         delta: the risk level (0-1 loss scale).
         epsilon: the error level of this sequence.
+        p_values: (S,) each setting's p-value, computed from its test-part losses (``p_value``); None: the
+            Hoeffding-Bentkus p-value of ``test_risk`` over ``n_test`` questions.
     """
     learn_risk, learn_layers = np.asarray(learn_risk, float), np.asarray(learn_layers, float)
     test_risk, test_layers = np.asarray(test_risk, float), np.asarray(test_layers, float)
     order = np.lexsort((-learn_layers, learn_risk))  # last key first: risk ascending, ties deepest first
-    p = np.array([hoeffding_bentkus_pvalue(float(np.clip(test_risk[i], 0.0, 1.0)), n_test, delta) for i in order])
+    if p_values is None:
+        p = np.array([hoeffding_bentkus_pvalue(float(np.clip(test_risk[i], 0.0, 1.0)), n_test, delta) for i in order])
+    else:
+        p = np.asarray(p_values, dtype=np.float64)[order]
     passed = fixed_sequence(p.tolist(), epsilon)
     chosen = None
     if passed:
@@ -177,7 +216,7 @@ class PolicyCertificate:
 
 @dataclass(frozen=True)
 class LttReport:
-    risk: str  # "f1" or "consistency"
+    risk: str  # "f1", "consistency" or "f1-mean"
     delta_points: float  # certified: mean loss <= delta_points / 100 with probability >= 1 - epsilon
     epsilon: float
     epsilon_per_policy: float  # epsilon / number of policies (Bonferroni)
@@ -198,6 +237,7 @@ class LttReport:
     skim_grid: Tuple[str, ...] = ()  # skim settings recorded besides no skimming
     recording_passes: int = 1  # passes of the model over the file: 1 + len(skim_grid)
     full_depth_token_layers: Optional[float] = None  # test part, per question, full depth without skimming
+    bound: str = "hb"  # the p-value: "hb" (Hoeffding-Bentkus) or "wsr" (betting)
 
     @property
     def default_check(self) -> Optional[CheckResult]:
@@ -209,7 +249,7 @@ class LttReport:
     def manifest_entry(self, data_name: str) -> Dict[str, object]:
         """The bundle manifest's ``exit_thresholds`` value; ``default`` is a plain policy spec."""
         check = self.default_check
-        return {"default": self.default, "method": "learn-then-test (fixed sequence, Hoeffding-Bentkus)",
+        return {"default": self.default, "method": f"learn-then-test (fixed sequence, {BOUND_NAMES[self.bound]})",
                 "risk": self.risk, "delta_points": self.delta_points, "epsilon": self.epsilon, "n": self.n,
                 "check": None if check is None else asdict(check), "data": data_name, "questions": self.questions,
                 "learn_questions": self.learn_questions, "check_questions": self.check_questions,
@@ -252,18 +292,21 @@ def choose_default(certificates: Dict[str, PolicyCertificate], default: Optional
 
 
 def certify(recordings: Recordings, split: Split, risk: str, delta_points: float, epsilon: float,
-            policies: Sequence[str] = CALIBRATED_POLICIES,
-            cost: Optional[str] = None) -> Tuple[Dict[str, PolicyCertificate], int, Optional[float]]:
+            policies: Sequence[str] = CALIBRATED_POLICIES, cost: Optional[str] = None, bound: Optional[str] = None,
+            seed: int = 0) -> Tuple[Dict[str, PolicyCertificate], int, Optional[float]]:
     """Learn then Test for each policy on the recorded calibration set, every skim setting in its sequence.
 
     Args:
         recordings: the file recorded without skimming and per skim setting (``elma.runtime.calibrate``).
         cost: "layers" or "token-layers"; None: token-layers when a skim setting was recorded, else layers.
+        bound: "hb" or "wsr"; None: ``default_bound(risk)``.
+        seed: the order ``wsr`` reads the test part in (a seeded permutation).
 
     Returns:
         (certificate per policy, settings simulated, full-depth F1 on the test part or None).
     """
-    _validate(risk, delta_points, epsilon, policies)
+    _validate(risk, delta_points, epsilon, policies, bound)
+    bound = bound or default_bound(risk)
     cost = cost or ("token-layers" if len(recordings.records) > 1 else "layers")
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)} (got {cost!r})")
@@ -274,7 +317,7 @@ def certify(recordings: Recordings, split: Split, risk: str, delta_points: float
     _check_labels(risk, labelled)
     full_gold_f1 = sw.simulate(recordings.full, NoExitPolicy()).f1  # (N,) 0-1
     full_tl = sw.token_layers(recordings.full, np.full(recordings.num_windows, recordings.num_layers))
-    if risk == "f1":
+    if risk != "consistency":  # against the gold answers
         scored = dict(recordings.records)
     else:  # F1 against the full-depth answer without skimming
         references = full_depth_answers(recordings)
@@ -287,21 +330,25 @@ def certify(recordings: Recordings, split: Split, risk: str, delta_points: float
     def outcome(key: str, policy) -> Tuple[sw.Simulated, np.ndarray, np.ndarray, np.ndarray]:
         """(simulation, per-question loss, layers, token-layers) of ``policy`` on record ``key``."""
         sim = sw.simulate(scored[key], policy)
-        loss = np.maximum(0.0, full_gold_f1 - sim.f1) if risk == "f1" else 1.0 - sim.f1
+        loss = {"f1": lambda: np.maximum(0.0, full_gold_f1 - sim.f1), "f1-mean": lambda: full_gold_f1 - sim.f1,
+                "consistency": lambda: 1.0 - sim.f1}[risk]()
         return sim, loss, sim.exit_layer.astype(np.float64), \
             sw.token_layers(recordings.records[key], sim.window_layer).astype(np.float64)
 
+    test_order = split.test[np.random.default_rng(seed).permutation(split.test.size)]  # what wsr bets along
     out: Dict[str, PolicyCertificate] = {}
     points = 0
     for name in policies:
         settings = [(key, p) for key, rec in learn_records.items() for p in _grid(rec, name)]
         points += len(settings)
-        stats = np.empty((len(settings), 4))  # learn risk, learn cost, test risk, test cost
+        stats = np.empty((len(settings), 5))  # learn risk, learn cost, test risk, test cost, p-value
         for s, (key, policy) in enumerate(settings):
             _, loss, layers, tl = outcome(key, policy)
             c = tl if cost == "token-layers" else layers
-            stats[s] = (loss[split.learn].mean(), c[split.learn].mean(), loss[split.test].mean(), c[split.test].mean())
-        seq = certify_sequence(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], split.test.size, delta, eps_each)
+            stats[s] = (loss[split.learn].mean(), c[split.learn].mean(), loss[split.test].mean(), c[split.test].mean(),
+                        p_value(loss[test_order], risk, delta, eps_each, bound))
+        seq = certify_sequence(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], split.test.size, delta, eps_each,
+                               stats[:, 4])
         specs = [sw.spec_on(recordings.records[key], p) for key, p in settings]
         failure = None if seq.passed == len(settings) else int(seq.order[seq.passed])
         fail_spec = None if failure is None else specs[failure]
@@ -346,14 +393,17 @@ def _labelled(ex: Example) -> bool:
 
 
 def _check_labels(risk: str, labelled: np.ndarray) -> None:
-    if risk == "f1" and not labelled.all():
+    if risk != "consistency" and not labelled.all():
         raise DataError(f"{int((~labelled).sum())} of {labelled.size} calibration questions have no answers and are "
-                        "not marked impossible: the f1 risk needs labels; use --risk consistency")
+                        f"not marked impossible: the {risk} risk needs labels; use --risk consistency")
 
 
-def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence[str]) -> None:
+def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence[str],
+              bound: Optional[str] = None) -> None:
     if risk not in RISKS:
         raise ValueError(f"--risk must be one of {', '.join(RISKS)} (got {risk!r})")
+    if bound is not None and bound not in BOUNDS:
+        raise ValueError(f"--bound must be one of {', '.join(BOUNDS)} (got {bound!r})")
     if not (0.0 < delta_points < 100.0) or math.isnan(delta_points):
         raise ValueError(f"--delta must be in (0, 100) F1 points (got {delta_points})")
     if not 0.0 < epsilon < 1.0:
@@ -369,14 +419,16 @@ def _validate(risk: str, delta_points: float, epsilon: float, policies: Sequence
 def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: float, epsilon: float = DEFAULT_EPSILON,
               policies: Sequence[str] = CALIBRATED_POLICIES, default: Optional[str] = None,
               check_fraction: float = DEFAULT_CHECK_FRACTION, learn_fraction: float = DEFAULT_LEARN_FRACTION,
-              seed: int = 0, skims: Sequence[str] = (), on_pass=None) -> LttReport:
+              seed: int = 0, skims: Sequence[str] = (), on_pass=None, bound: Optional[str] = None) -> LttReport:
     """Record the calibration set (once, plus once per skim setting), then certify every policy's grid offline.
 
     Args:
         runtime: an ``elma.runtime.engine.Runtime`` (any backend).
-        examples: calibration questions (from training material, never dev); labelled for ``risk="f1"``.
-        risk: ``"f1"`` (mean F1 drop against full depth) or ``"consistency"`` (mean disagreement with the
-            full-depth answer, label-free).
+        examples: calibration questions (from training material, never dev); labelled unless
+            ``risk="consistency"``.
+        risk: ``"f1"`` (mean F1 drop against full depth, no credit for gains), ``"f1-mean"`` (the difference of
+            the mean F1s, gains counted) or ``"consistency"`` (mean disagreement with the full-depth answer,
+            label-free).
         delta_points: the risk level in F1 points (0-100).
         epsilon: the guarantee holds with probability at least 1 - epsilon.
         policies: names to calibrate (``CALIBRATED_POLICIES``).
@@ -384,13 +436,15 @@ def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: flo
         check_fraction, learn_fraction, seed: the split (``split_questions``).
         skims: skim settings (``elma.runtime.calibrate.skim_grid``), one more recording pass each.
         on_pass: called with (pass, passes, skim spec) before each recording pass.
+        bound: the p-value, "hb" or "wsr" (None: ``default_bound(risk)``).
     """
-    _validate(risk, delta_points, epsilon, policies)
+    _validate(risk, delta_points, epsilon, policies, bound)
+    bound = bound or default_bound(risk)
     _check_labels(risk, np.array([_labelled(ex) for ex in examples], dtype=bool))
     split = split_questions(examples, check_fraction, learn_fraction, seed)
     recordings = record_all(runtime, examples, skims, on_pass)
     t1 = time.perf_counter()
-    certs, points, full_f1 = certify(recordings, split, risk, delta_points, epsilon, policies)
+    certs, points, full_f1 = certify(recordings, split, risk, delta_points, epsilon, policies, bound=bound, seed=seed)
     cost = "token-layers" if len(recordings.records) > 1 else "layers"
     default_spec = choose_default(certs, default, recordings.num_layers, cost)
     t2 = time.perf_counter()
@@ -399,7 +453,7 @@ def calibrate(runtime, examples: Sequence[Example], risk: str, delta_points: flo
     return LttReport(risk, float(delta_points), float(epsilon), epsilon / len(policies), int(split.test.size),
                      len(examples), int(split.learn.size), int(split.check.size), split.unit, seed,
                      recordings.num_layers, full_f1, certs, default_spec, points, recordings.record_s, t2 - t1,
-                     cost, grid, len(recordings.records), float(full_tl[split.test].mean()))
+                     cost, grid, len(recordings.records), float(full_tl[split.test].mean()), bound)
 
 
 def check_calibration_target(bundle_root, overwrite: bool) -> None:

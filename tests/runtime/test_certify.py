@@ -55,6 +55,48 @@ def test_realised_risk_exceeds_delta_in_at_most_about_epsilon_of_the_draws(fract
     assert np.median(certified_risks) > DELTA / 2, "the certified setting is not vacuous"
 
 
+def signed_population(rng, questions=8000, settings=30):
+    """(S, M) signed F1 drops in [-1, 1] of S settings, ever more aggressive: the share of questions an early exit
+    answers worse rises from 0 to 12%, the share it answers better from 0 to 4%, so the true mean drop rises from
+    0 to 3 delta; mean layers fall."""
+    u, size = rng.random(questions), rng.uniform(0.2, 1.0, questions)
+    worse = np.linspace(0.0, 0.12, settings)[:, None]
+    better = np.linspace(0.0, 0.04, settings)[:, None]
+    drops = np.where(u[None, :] < worse, size, 0.0) - np.where(u[None, :] > 1 - better, size, 0.0)
+    layers = np.linspace(12.0, 2.0, settings)[:, None] + rng.normal(0, 0.5, questions)[None, :]
+    return drops, layers
+
+
+def test_f1_mean_by_betting_holds_its_guarantee_and_certifies_more_than_the_positive_part():
+    """The f1-mean risk (gains counted) tested by betting: over many random splits the realised mean drop on the
+    questions left out exceeds delta in at most about epsilon of them; and its certified settings are more
+    aggressive than those of the f1 risk (gains not counted, Hoeffding-Bentkus) on the same draws."""
+    from elma.runtime.certify import p_value
+
+    rng = np.random.default_rng(17)
+    drops, layers = signed_population(rng)
+    delta = 0.024  # 2.4 points; true mean drops run 0 to 0.0576
+    draws, over, deeper, naive_over, certified = 200, 0, 0, 0, []
+    for _ in range(draws):
+        idx = rng.permutation(drops.shape[1])
+        learn, test, rest = idx[:400], idx[400:2400], idx[2400:]
+        p = np.array([p_value(drops[s, test], "f1-mean", delta, EPSILON, "wsr") for s in range(len(drops))])
+        res = certify_sequence(drops[:, learn].mean(1), layers[:, learn].mean(1), drops[:, test].mean(1),
+                               layers[:, test].mean(1), test.size, delta, EPSILON, p)
+        chosen = res.chosen if res.chosen is not None else 0
+        over += drops[chosen, rest].mean() > delta
+        certified.append(drops[chosen].mean())
+        ok = np.flatnonzero(drops[:, test].mean(1) <= delta)  # no guarantee: shows the check has teeth
+        naive_over += drops[ok[np.argmin(layers[ok, :][:, test].mean(1))], rest].mean() > delta
+        positive = np.maximum(0.0, drops)
+        old = certify_sequence(positive[:, learn].mean(1), layers[:, learn].mean(1), positive[:, test].mean(1),
+                               layers[:, test].mean(1), test.size, delta, EPSILON)
+        deeper += (old.chosen or 0) < chosen
+    assert over / draws <= EPSILON + 3 * np.sqrt(EPSILON * (1 - EPSILON) / draws), over
+    assert naive_over / draws > 0.3 and np.median(certified) > delta / 2, (naive_over, np.median(certified))
+    assert deeper / draws > 0.9, "counting gains must let more aggressive settings through"
+
+
 def test_a_setting_whose_true_risk_exceeds_delta_is_not_certified():
     rng = np.random.default_rng(3)
     u = rng.random(20000)
@@ -251,6 +293,33 @@ def test_f1_risk_and_the_old_flag(bundle, tmp_path, capsys):
     assert main(base + ["--delta", "1", "--epsilon", "0.01", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("no setting certified (stopped at") == 2 and "default policy: none" in out
+
+
+def test_f1_mean_risk_is_tested_by_betting_unless_told(bundle, tmp_path, capsys):
+    """--risk f1-mean: labelled questions, betting p-values by default and said so in the output and the manifest;
+    --bound hb switches the p-value; unlabelled questions are refused in one line."""
+    from elma.cli import main
+    from elma.runtime.bundle import load_bundle
+
+    data = tmp_path / "calib.json"
+    data.write_text(json.dumps(payload(articles=12)))
+    base = ["calibrate", str(bundle), "--data", str(data), "--policies", "static,entropy", "--risk", "f1-mean",
+            "--epsilon", "0.2"]
+    assert main(base + ["--delta", "60"]) == 0
+    out = capsys.readouterr().out
+    entry = load_bundle(bundle).manifest["exit_thresholds"]
+    assert entry["risk"] == "f1-mean" and entry["method"] == "learn-then-test (fixed sequence, betting (WSR))"
+    assert "betting (WSR) p-values" in out
+    assert main(base + ["--delta", "60", "--bound", "hb", "--overwrite"]) == 0
+    assert "Hoeffding-Bentkus p-values" in capsys.readouterr().out
+    assert load_bundle(bundle).manifest["exit_thresholds"]["method"].endswith("(fixed sequence, Hoeffding-Bentkus)")
+    with pytest.raises(SystemExit) as bad:
+        main(base + ["--delta", "60", "--bound", "bentkus", "--overwrite"])
+    assert bad.value.code == 2 and "argument --bound: invalid choice" in capsys.readouterr().err
+    unlabelled = tmp_path / "field.json"
+    unlabelled.write_text(json.dumps(payload(articles=12, labels=False)))
+    assert main(base[:2] + ["--data", str(unlabelled), "--risk", "f1-mean", "--delta", "1", "--overwrite"]) == 2
+    assert "the f1-mean risk needs labels" in capsys.readouterr().err
 
 
 def test_f1_risk_against_labels_that_are_the_full_depth_answers_is_the_consistency_risk(bundle):

@@ -1,9 +1,11 @@
-"""Hoeffding-Bentkus p-values and fixed-sequence testing (elma.runtime.risk), against hand values and exact sums."""
+"""Hoeffding-Bentkus and betting (WSR) p-values and fixed-sequence testing (elma.runtime.risk), against hand values,
+exact sums, and many draws under the null."""
 
 import math
 import sys
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from elma.runtime import risk
@@ -13,6 +15,7 @@ from elma.runtime.risk import (
     fixed_sequence,
     hoeffding_bentkus_pvalue,
     hoeffding_pvalue,
+    wsr_pvalue,
 )
 
 
@@ -79,11 +82,57 @@ def test_fixed_sequence_stops_at_the_first_failure():
     assert fixed_sequence([0.5, 0.0], 0.1) == 0 and fixed_sequence([], 0.1) == 0
 
 
+def null_draws(kind: str, rng, draws: int, n: int, delta: float) -> np.ndarray:
+    """(draws, n) losses in [0, 1] with mean exactly ``delta``."""
+    if kind == "bernoulli":  # the widest spread a mean of delta allows
+        return (rng.random((draws, n)) < delta).astype(np.float64)
+    if kind == "fractional":  # a drop of some size on a fraction of the questions
+        return (rng.random((draws, n)) < 2 * delta) * rng.uniform(0.0, 1.0, (draws, n))
+    # "signed": an F1 difference in [-1, 1] mapped to [0, 1]; mostly no change, some gains and some drops
+    u = rng.random((draws, n))
+    change = rng.uniform(0.2, 1.0, (draws, n))
+    d = np.where(u < 0.08, change, 0.0) - np.where(u > 0.96, change, 0.0)  # mean 0.6 * (0.08 - 0.04) = 0.024
+    assert delta == 0.512, "the signed draws have a mapped mean of (0.024 + 1) / 2"
+    return (d + 1) / 2
+
+
+@pytest.mark.parametrize("kind,n,delta", [("bernoulli", 300, 0.1), ("fractional", 500, 0.05),
+                                          ("signed", 1000, 0.512)])
+def test_wsr_p_value_is_valid_under_the_null(kind, n, delta):
+    """With the risk exactly delta, p <= epsilon in at most about epsilon of many draws, at two levels."""
+    rng = np.random.default_rng(11)
+    losses = null_draws(kind, rng, 2000, n, delta)
+    assert abs(losses.mean() - delta) < 0.002, "the draws must sit on the null's boundary"
+    for epsilon in (0.1, 0.02):
+        p = np.array([wsr_pvalue(row, delta, epsilon) for row in losses])
+        tolerance = 3 * math.sqrt(epsilon * (1 - epsilon) / p.size)
+        assert (p <= epsilon).mean() <= epsilon + tolerance, (kind, epsilon, (p <= epsilon).mean())
+
+
+def test_wsr_sees_a_small_spread_that_hoeffding_bentkus_cannot():
+    """Losses tight around 0.49, delta 0.5 (a signed F1 loss 2 points under a 0 risk level, mapped): the mean alone
+    cannot tell them from coin flips, the betting p-value can; on 0/1 losses the two agree roughly."""
+    rng = np.random.default_rng(5)
+    tight = np.clip(0.49 + rng.normal(0, 0.05, 2000), 0, 1)
+    assert hoeffding_bentkus_pvalue(float(tight.mean()), tight.size, 0.5) > 0.3
+    assert wsr_pvalue(tight, 0.5, 0.05) < 1e-6
+    coins = (rng.random(2000) < 0.03).astype(float)
+    hb, wsr = hoeffding_bentkus_pvalue(float(coins.mean()), coins.size, 0.05), wsr_pvalue(coins, 0.05, 0.05)
+    assert hb < 0.01 and wsr < 0.05, (hb, wsr)
+    # Above delta, nothing is certified.
+    assert wsr_pvalue(np.clip(0.52 + rng.normal(0, 0.05, 2000), 0, 1), 0.5, 0.05) > 0.5
+
+
 @pytest.mark.parametrize("call", [lambda: hoeffding_bentkus_pvalue(1.2, 10, 0.1),
                                   lambda: hoeffding_bentkus_pvalue(0.1, 0, 0.1),
                                   lambda: hoeffding_bentkus_pvalue(0.1, 10, 0.0),
                                   lambda: hoeffding_bentkus_pvalue(0.1, 10, 1.0),
-                                  lambda: fixed_sequence([0.1], 0.0)])
+                                  lambda: fixed_sequence([0.1], 0.0),
+                                  lambda: wsr_pvalue([0.2, 1.1], 0.1, 0.1),
+                                  lambda: wsr_pvalue([-0.2, 0.1], 0.1, 0.1),
+                                  lambda: wsr_pvalue([], 0.1, 0.1),
+                                  lambda: wsr_pvalue([0.2], 1.0, 0.1),
+                                  lambda: wsr_pvalue([0.2], 0.1, 0.0)])
 def test_bad_arguments_are_refused(call):
     with pytest.raises(ValueError):
         call()
