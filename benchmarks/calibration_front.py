@@ -4,8 +4,8 @@
 setting of the grid too) and then, offline on the same recordings and the same split, certifies it under every
 risk and bound (``f1``/``f1-mean`` x ``hb``/``wsr``), and lists the *uncertified* front of the test part: per F1
 bound, the setting with the fewest mean layers and the one with the fewest token-layers whose mean F1 there is
-within the bound of full depth; and each skim setting alone (every layer run). The front is what a perfect certificate on these questions could reach: when it
-holds no setting fast enough, no calibration makes the model so.
+within the bound of full depth; and each skim setting alone (every layer run). The front is what a perfect
+certificate on these questions could reach: when it holds no setting fast enough, no calibration makes the model so.
 
 Calibration files only (training-side articles), never dev:
 
@@ -60,7 +60,7 @@ def front(recordings, split, bounds_points):
     full = sw.simulate(recordings.full, NoExitPolicy()).f1
     full_tl = float(sw.token_layers(recordings.full, np.full(recordings.num_windows, recordings.num_layers))[t].mean())
     rows = []
-    for key, rec in recordings.records.items():
+    for rec in recordings.records.values():
         learn = subset(rec, split.learn)
         for name in POLICIES:
             for policy in _grid(learn, name):
