@@ -17,7 +17,6 @@ Calibration files only (training-side articles), never dev:
 """
 
 import argparse
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ COMBINATIONS = (("f1", "hb"), ("f1", "wsr"), ("f1-mean", "hb"), ("f1-mean", "wsr
 
 def record(bundle: str, data: str, skims, cache):
     from elma.data.squad import load_squad
+    from elma.fsutil import atomic_write
     from elma.runtime.calibrate import record_all
     from elma.runtime.engine import Runtime
 
@@ -42,10 +42,11 @@ def record(bundle: str, data: str, skims, cache):
     with Runtime.open(bundle, policy="none") as rt:
         recordings = record_all(rt, examples, skims)
     if cache:
-        tmp = Path(str(cache) + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(recordings, f)
-        tmp.replace(cache)
+        def dump(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                pickle.dump(recordings, f)
+
+        atomic_write(cache, dump)
     return recordings
 
 
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
         print(f"calibration_front: {args.out} exists; remove it or choose another --out", file=sys.stderr)
         return 2
 
+    from elma.fsutil import write_json
     from elma.runtime.calibrate import skim_grid
     from elma.runtime.certify import certify, choose_default, split_questions
 
@@ -127,9 +129,7 @@ def main(argv=None) -> int:
               f"drop {a['f1_drop_points']:.2f}); fewest token-layers {b['spec']} ({b['token_layers_fewer']:.2f}x, "
               f"drop {b['f1_drop_points']:.2f})")
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, report, overwrite=False)
     return 0
 
 

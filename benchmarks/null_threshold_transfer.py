@@ -18,7 +18,6 @@ Usage (held-out files only, never dev); ``--title`` keeps one article and ``--re
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -40,8 +39,10 @@ def main(argv=None) -> int:
     ap.add_argument("--real", required=True, help="SQuAD 2.0 file of real questions (held-out articles)")
     ap.add_argument("--title", help="keep only this article")
     ap.add_argument("--real-only", action="store_true", help="drop synthetic unanswerable twins (-neg- ids)")
-    ap.add_argument("--out", help="write the rows as JSON")
+    ap.add_argument("--out", help="write the rows as JSON (an existing file is refused)")
     args = ap.parse_args(argv)
+    if args.out and Path(args.out).exists():
+        ap.error(f"{args.out}: already exists; choose another --out")
 
     from elma.data.squad import load_squad
     from elma.model.loading import load_model
@@ -93,7 +94,9 @@ def main(argv=None) -> int:
         print(f"| {s['exit']} | {s['null_auc']:.1f} | {s['f1']:.2f} ({s['NoAns_f1']:.1f}) | {c['f1']:.2f} "
               f"({c['NoAns_f1']:.1f}) | {i['f1']:.2f} | {s['threshold']:.3f} / {i['threshold']:.3f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        from elma.fsutil import write_json
+
+        write_json(args.out, report, overwrite=False)
     return 0
 
 

@@ -330,8 +330,12 @@ def certify(recordings: Recordings, split: Split, risk: str, delta_points: float
     def outcome(key: str, policy) -> Tuple[sw.Simulated, np.ndarray, np.ndarray, np.ndarray]:
         """(simulation, per-question loss, layers, token-layers) of ``policy`` on record ``key``."""
         sim = sw.simulate(scored[key], policy)
-        loss = {"f1": lambda: np.maximum(0.0, full_gold_f1 - sim.f1), "f1-mean": lambda: full_gold_f1 - sim.f1,
-                "consistency": lambda: 1.0 - sim.f1}[risk]()
+        if risk == "consistency":
+            loss = 1.0 - sim.f1
+        else:
+            loss = full_gold_f1 - sim.f1  # f1-mean: signed
+            if risk == "f1":
+                loss = np.maximum(0.0, loss)
         return sim, loss, sim.exit_layer.astype(np.float64), \
             sw.token_layers(recordings.records[key], sim.window_layer).astype(np.float64)
 
